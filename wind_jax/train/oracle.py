@@ -1,0 +1,270 @@
+"""Preference oracles behind one interface (MATH.md, Algorithm 3: "one preference query per prompt").
+
+    oracle.prefer(prompt, resp_a, resp_b, key) -> Preference(prob [B], outcome [B])
+prob = P(a beats b | prompt) in [0, 1]; outcome = a Bernoulli(prob) draw (1.0 = a wins) when a key is given,
+else None. Every pair counts as ONE preference query (`oracle.num_queries`), whatever the oracle's cost.
+Sequences are `Tokens(tokens [B, T] int32, mask [B, T] bool)`; prompts may be left-padded, responses
+right-padded (the mask says which entries are real).
+
+Oracles:
+  GoldOracle(fn)         a known function (the evaluator's gold preference, e.g. SyntheticLanguage).
+  HeadOracle(prob_fn)    a learned reward / preference head; symmetrized: (p(a,b) + 1 - p(b,a)) / 2.
+  JudgeOracle(model,...) a wind_jax language model asked which response is better; the probability of
+                         answering "A" vs "B" is averaged over both presentation orders, so
+                         P(a, b) + P(b, a) = 1 exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Tokens(NamedTuple):
+    """A padded batch of token sequences: tokens [B, T] int32, mask [B, T] bool (True = real token)."""
+
+    tokens: jax.Array
+    mask: jax.Array
+
+
+class Preference(NamedTuple):
+    prob: jax.Array                # [B] float32, P(a beats b)
+    outcome: jax.Array | None      # [B] float32 in {0, 1} (a Bernoulli(prob) draw), None without a key
+
+
+def _check_pair(prompt: Tokens, a: Tokens, b: Tokens):
+    for name, t in (("prompt", prompt), ("resp_a", a), ("resp_b", b)):
+        if not isinstance(t, Tokens):
+            raise ValueError(f"{name} must be a Tokens(tokens, mask), got {type(t).__name__}")
+        if t.tokens.ndim != 2 or t.tokens.shape != t.mask.shape:
+            raise ValueError(f"{name}: tokens and mask must both be [B, T], got {t.tokens.shape}, "
+                             f"{t.mask.shape}")
+    if not prompt.tokens.shape[0] == a.tokens.shape[0] == b.tokens.shape[0]:
+        raise ValueError(f"batch sizes differ: prompt {prompt.tokens.shape[0]}, resp_a "
+                         f"{a.tokens.shape[0]}, resp_b {b.tokens.shape[0]}")
+
+
+class PreferenceOracle:
+    """Base class: subclasses implement `_prob(prompt, a, b) -> [B] float32`."""
+
+    name = "oracle"
+
+    def __init__(self):
+        self.num_queries = 0
+
+    def _prob(self, prompt: Tokens, a: Tokens, b: Tokens) -> jax.Array:
+        raise NotImplementedError
+
+    def probability(self, prompt: Tokens, a: Tokens, b: Tokens, *, count: bool = True) -> jax.Array:
+        """P(a beats b | prompt), float32 [B]; counts B queries unless count=False."""
+        _check_pair(prompt, a, b)
+        p = jnp.asarray(self._prob(prompt, a, b), jnp.float32)
+        if count:
+            self.num_queries += int(a.tokens.shape[0])
+        return p
+
+    def prefer(self, prompt: Tokens, a: Tokens, b: Tokens, key: jax.Array | None = None,
+               *, count: bool = True) -> Preference:
+        p = self.probability(prompt, a, b, count=count)
+        outcome = None
+        if key is not None:
+            outcome = jax.random.bernoulli(key, p).astype(jnp.float32)
+        return Preference(p, outcome)
+
+    def __call__(self, prompt, a, b, key=None):
+        return self.prefer(prompt, a, b, key)
+
+    # checkpointing of the query counter
+    def state_dict(self) -> dict:
+        return {"num_queries": int(self.num_queries)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.num_queries = int(d["num_queries"])
+
+
+class GoldOracle(PreferenceOracle):
+    """fn(prompt_tokens, a_tokens, a_mask, b_tokens, b_mask) -> P(a beats b) [B] (the evaluator's gold)."""
+
+    name = "gold"
+
+    def __init__(self, fn: Callable[..., jax.Array]):
+        super().__init__()
+        self._fn = jax.jit(fn)
+
+    def _prob(self, prompt, a, b):
+        return self._fn(prompt.tokens, a.tokens, a.mask, b.tokens, b.mask)
+
+
+class HeadOracle(PreferenceOracle):
+    """A learned head: prob_fn(prompt, a, b) -> [B] in [0, 1] (Tokens arguments). With symmetrize=True
+    (default) the output is (p(a, b) + 1 - p(b, a)) / 2, so P(a, b) + P(b, a) = 1 even for a head that is
+    only approximately antisymmetric. A reward head can be wrapped with `from_reward`."""
+
+    name = "head"
+
+    def __init__(self, prob_fn: Callable[[Tokens, Tokens, Tokens], jax.Array], *, symmetrize: bool = True):
+        super().__init__()
+        self._fn = prob_fn
+        self.symmetrize = symmetrize
+
+    @classmethod
+    def from_reward(cls, reward_fn: Callable[[Tokens, Tokens], jax.Array]) -> "HeadOracle":
+        """Bradley-Terry: P(a beats b) = sigmoid(r(prompt, a) - r(prompt, b))."""
+        def prob(prompt, a, b):
+            return jax.nn.sigmoid(reward_fn(prompt, a) - reward_fn(prompt, b))
+        return cls(prob, symmetrize=False)
+
+    def _prob(self, prompt, a, b):
+        p = self._fn(prompt, a, b)
+        if self.symmetrize:
+            p = 0.5 * (p + 1.0 - self._fn(prompt, b, a))
+        return p
+
+
+# ---- LLM judge ------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class JudgeTemplate:
+    """Token ids of the judge prompt: prefix, prompt, before_a, response A, before_b, response B, question;
+    the judge's answer is read at the last position as logit[answer_a] - logit[answer_b]."""
+
+    prefix: tuple[int, ...]
+    before_a: tuple[int, ...]
+    before_b: tuple[int, ...]
+    question: tuple[int, ...]
+    answer_a: int
+    answer_b: int
+
+    def __post_init__(self):
+        if len(self.question) < 1:
+            raise ValueError("JudgeTemplate.question must hold at least one token")
+        if self.answer_a == self.answer_b:
+            raise ValueError(f"answer_a and answer_b must differ, both are {self.answer_a}")
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, *, prefix: str = "Which response answers the prompt better?\n"
+                       "Prompt: ", before_a: str = "\nResponse A: ", before_b: str = "\nResponse B: ",
+                       question: str = "\nThe better response is Response", answer_a: str = " A",
+                       answer_b: str = " B") -> "JudgeTemplate":
+        """Build from any tokenizer with encode(str) (returning ids, or an object with .ids)."""
+        def enc(s):
+            out = tokenizer.encode(s, add_special_tokens=False) if _accepts_special(tokenizer) \
+                else tokenizer.encode(s)
+            return tuple(int(i) for i in getattr(out, "ids", out))
+        ids_a, ids_b = enc(answer_a), enc(answer_b)
+        if not ids_a or not ids_b:
+            raise ValueError("answer_a / answer_b encode to no tokens")
+        return cls(enc(prefix), enc(before_a), enc(before_b), enc(question), ids_a[0], ids_b[0])
+
+
+def _accepts_special(tokenizer) -> bool:
+    import inspect
+    try:
+        return "add_special_tokens" in inspect.signature(tokenizer.encode).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def build_judge_input(template: JudgeTemplate, prompt: Tokens, first: Tokens, second: Tokens):
+    """Concatenate [prefix | prompt | before_a | first | before_b | second | question] with padding holes.
+
+    Returns (tokens [B, T], attention_mask [B, T], positions [B, T]); positions count real tokens only, so
+    the holes left by padding are invisible to a model that honours attention_mask and positions.
+    """
+    B = prompt.tokens.shape[0]
+
+    def const(ids):
+        ids = jnp.asarray(np.asarray(ids, np.int32).reshape(1, -1))
+        return Tokens(jnp.broadcast_to(ids, (B, ids.shape[1])), jnp.ones((B, ids.shape[1]), bool))
+
+    parts = [const(template.prefix), prompt, const(template.before_a), first, const(template.before_b),
+             second, const(template.question)]
+    parts = [p for p in parts if p.tokens.shape[1] > 0]
+    tokens = jnp.concatenate([p.tokens.astype(jnp.int32) for p in parts], axis=1)
+    mask = jnp.concatenate([p.mask.astype(bool) for p in parts], axis=1)
+    tokens = jnp.where(mask, tokens, 0)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    return tokens, mask, positions
+
+
+class JudgeOracle(PreferenceOracle):
+    """An LLM judge. `model(tokens, positions=, attention_mask=)` returns logits [B, T, V] (or a tuple whose
+    first element is the logits), e.g. a wind_jax.models.Transformer.
+
+    p_first(a, b) = sigmoid(logit[answer_a] - logit[answer_b]) at the last position with a shown first;
+    P(a beats b) = (p_first(a, b) + 1 - p_first(b, a)) / 2, hence P(a, b) + P(b, a) = 1.
+    """
+
+    name = "judge"
+
+    def __init__(self, model, template: JudgeTemplate, *, batch_size: int | None = None):
+        super().__init__()
+        self.template = template
+        self.batch_size = batch_size
+        self._forward = _make_forward(model)
+
+    def first_choice_prob(self, prompt: Tokens, first: Tokens, second: Tokens) -> jax.Array:
+        """P(judge answers the first-shown response), float32 [B], one presentation order."""
+        tokens, mask, positions = build_judge_input(self.template, prompt, first, second)
+        logits = self._forward(tokens, mask, positions)
+        last = logits[:, -1, :].astype(jnp.float32)
+        return jax.nn.sigmoid(last[:, self.template.answer_a] - last[:, self.template.answer_b])
+
+    def _prob(self, prompt, a, b):
+        B = a.tokens.shape[0]
+        step = self.batch_size or B
+        out = []
+        for s in range(0, B, step):
+            sl = slice(s, s + step)
+            p, x, y = (Tokens(t.tokens[sl], t.mask[sl]) for t in (prompt, a, b))
+            out.append(0.5 * (self.first_choice_prob(p, x, y) + 1.0 - self.first_choice_prob(p, y, x)))
+        return jnp.concatenate(out)
+
+
+def _make_forward(model):
+    """Jitted logits function of (tokens, mask, positions); NNX modules are split once."""
+    try:
+        from flax import nnx
+        if isinstance(model, nnx.Module):
+            graphdef, state = nnx.split(model)
+
+            @jax.jit
+            def fwd_nnx(state, tokens, mask, positions):
+                m = nnx.merge(graphdef, state)
+                out = m(tokens, positions=positions, attention_mask=mask)
+                return out[0] if isinstance(out, tuple) else out
+
+            return lambda t, m, p: fwd_nnx(state, t, m, p)
+    except ImportError:  # pragma: no cover
+        pass
+
+    def fwd(tokens, mask, positions):
+        out = model(tokens, positions=positions, attention_mask=mask)
+        return out[0] if isinstance(out, tuple) else out
+
+    return fwd
+
+
+def pairwise_probabilities(oracle: PreferenceOracle, prompt: Tokens, responses: Sequence[Tokens]):
+    """K x K preference matrix per prompt: P[b, i, j] = P(y_i beats y_j), diagonal 1/2, P + P^T = 1.
+
+    Queries the K (K - 1) / 2 pairs i < j once each (counted) and fills the rest by symmetry.
+    """
+    K = len(responses)
+    if K < 2:
+        raise ValueError(f"need at least 2 responses per prompt, got {K}")
+    B = prompt.tokens.shape[0]
+    pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
+    rep = lambda t: jnp.tile(t, (len(pairs), 1))  # noqa: E731
+    a = Tokens(jnp.concatenate([responses[i].tokens for i, _ in pairs]),
+               jnp.concatenate([responses[i].mask for i, _ in pairs]))
+    b = Tokens(jnp.concatenate([responses[j].tokens for _, j in pairs]),
+               jnp.concatenate([responses[j].mask for _, j in pairs]))
+    p = oracle.probability(Tokens(rep(prompt.tokens), rep(prompt.mask)), a, b).reshape(len(pairs), B)
+    P = jnp.full((B, K, K), 0.5, jnp.float32)
+    for n, (i, j) in enumerate(pairs):
+        P = P.at[:, i, j].set(p[n]).at[:, j, i].set(1.0 - p[n])
+    return P
