@@ -1,0 +1,24 @@
+"""Llama-family policy (Flax NNX), reward / preference heads.
+
+Checkpoint conversion and tokenizers live in wind_jax.models.convert / wind_jax.models.tokenizer.
+"""
+from wind_jax.models.config import LlamaConfig, rope_inv_frequencies
+from wind_jax.models.transformer import (
+    SHARDING_METADATA_KEY,
+    KVCache,
+    Transformer,
+    positions_from_mask,
+    sequence_logprobs,
+    token_logprobs,
+)
+
+__all__ = [
+    "LlamaConfig",
+    "rope_inv_frequencies",
+    "SHARDING_METADATA_KEY",
+    "KVCache",
+    "Transformer",
+    "positions_from_mask",
+    "sequence_logprobs",
+    "token_logprobs",
+]

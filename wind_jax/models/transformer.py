@@ -1,0 +1,306 @@
+"""Llama-family causal decoder in Flax NNX (HF LlamaForCausalLM semantics), plus `sequence_logprobs`.
+
+Parameter tree (stable: wind_jax.models.convert maps checkpoints onto these paths; kernels are [in, out]):
+  embed.embedding                     [vocab, hidden]                ("vocab", "embed")
+  layers[i].input_norm.scale          [hidden]                       ("embed",)
+  layers[i].attn.q_proj.kernel        [hidden, heads*head_dim]       ("embed", "heads")
+  layers[i].attn.k_proj.kernel        [hidden, kv_heads*head_dim]    ("embed", "kv_heads")
+  layers[i].attn.v_proj.kernel        [hidden, kv_heads*head_dim]    ("embed", "kv_heads")
+  layers[i].attn.o_proj.kernel        [heads*head_dim, hidden]       ("heads", "embed")
+  (with attention_bias: *.bias        [out]                          (out axis name,))
+  layers[i].post_attn_norm.scale      [hidden]                       ("embed",)
+  layers[i].mlp.gate_proj.kernel      [hidden, intermediate]         ("embed", "mlp")
+  layers[i].mlp.up_proj.kernel        [hidden, intermediate]         ("embed", "mlp")
+  layers[i].mlp.down_proj.kernel      [intermediate, hidden]         ("mlp", "embed")
+  final_norm.scale                    [hidden]                       ("embed",)
+  lm_head.kernel                      [hidden, vocab]                ("embed", "vocab")   (untied only)
+The fused projection axes ("heads", "kv_heads") are head-major (head h owns columns h*head_dim ...), so
+sharding them over a mesh axis splits whole heads. The KV cache uses ("batch", "cache_seq", "kv_heads",
+"head_dim").
+
+Sharding metadata: every nnx.Param carries its logical axis names in the standard Flax metadata key
+`out_sharding` (a tuple of logical names), created with `eager_sharding=False` so no mesh is needed at
+construction. `nnx.get_partition_spec(state)` inside `nnx.logical_axis_rules(rules)` (or
+wind_jax.sharding's rules table) turns them into mesh PartitionSpecs.
+
+Dtype policy: parameters are stored in config.param_dtype (float32), matmuls run in config.dtype, while
+RMSNorm statistics, attention softmax, logits and log-softmax are float32.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wind_jax.models.config import LlamaConfig, rope_inv_frequencies
+
+Array = jax.Array
+KVCache = dict[str, Any]  # {"k": tuple[L] of [B,S,KV,hd], "v": same, "mask": [B,S] bool, "index": int32 []}
+
+SHARDING_METADATA_KEY = "out_sharding"
+
+
+def _param(rngs: nnx.Rngs, init, shape, dtype, names: tuple[str | None, ...]) -> nnx.Param:
+    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel (+ bias), kernel [in, out] cast to the compute dtype."""
+
+    def __init__(self, in_features: int, out_features: int, names: tuple[str | None, str | None], *,
+                 config: LlamaConfig, use_bias: bool = False, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(config.initializer_range)
+        pdt = jnp.dtype(config.param_dtype)
+        self.kernel = _param(rngs, init, (in_features, out_features), pdt, names)
+        self.bias = (_param(rngs, nnx.initializers.zeros, (out_features,), pdt, (names[1],))
+                     if use_bias else None)
+        self.dtype = jnp.dtype(config.dtype)
+
+    def __call__(self, x: Array) -> Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """HF LlamaRMSNorm: normalize in float32, cast to the compute dtype, then scale."""
+
+    def __init__(self, dim: int, *, config: LlamaConfig, rngs: nnx.Rngs):
+        self.scale = _param(rngs, nnx.initializers.ones, (dim,), jnp.dtype(config.param_dtype), ("embed",))
+        self.eps = config.rms_norm_eps
+        self.dtype = jnp.dtype(config.dtype)
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * x32.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.embedding = _param(rngs, nnx.initializers.normal(config.initializer_range),
+                                (config.vocab_size, config.hidden_size), jnp.dtype(config.param_dtype),
+                                ("vocab", "embed"))
+        self.dtype = jnp.dtype(config.dtype)
+
+    def __call__(self, tokens: Array) -> Array:
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+    def attend(self, h: Array) -> Array:
+        """Tied unembedding: float32 logits h @ embedding^T."""
+        return jnp.dot(h.astype(self.dtype), self.embedding[...].astype(self.dtype).T,
+                       preferred_element_type=jnp.float32)
+
+
+def rotate_half(x: Array) -> Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def rope_cos_sin(positions: Array, config: LlamaConfig) -> tuple[Array, Array]:
+    """cos, sin [B, T, head_dim] (float32) for integer positions [B, T]; halves duplicated (HF layout)."""
+    inv_freq = jnp.asarray(rope_inv_frequencies(config))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x [B, T, heads, head_dim]; non-interleaved (rotate_half) rotary embedding."""
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nnx.Module):
+    """Grouped-query causal self-attention with an optional KV cache."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        c = config
+        d, hd = c.hidden_size, c.head_dim
+        kw = dict(config=c, use_bias=c.attention_bias, rngs=rngs)
+        self.q_proj = Dense(d, c.num_heads * hd, ("embed", "heads"), **kw)
+        self.k_proj = Dense(d, c.num_kv_heads * hd, ("embed", "kv_heads"), **kw)
+        self.v_proj = Dense(d, c.num_kv_heads * hd, ("embed", "kv_heads"), **kw)
+        self.o_proj = Dense(c.num_heads * hd, d, ("heads", "embed"), **kw)
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, hd
+
+    def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array, q_slot: Array, k_slot: Array,
+                 layer_cache: tuple[Array, Array] | None, write_index: Array | None):
+        b, t, _ = x.shape
+        h, kvh, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        q = apply_rope(self.q_proj(x).reshape(b, t, h, hd), cos, sin)
+        k = apply_rope(self.k_proj(x).reshape(b, t, kvh, hd), cos, sin)
+        v = self.v_proj(x).reshape(b, t, kvh, hd)
+        new_cache = None
+        if layer_cache is not None:
+            ck, cv = layer_cache
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
+            new_cache = (ck, cv)
+            k, v = ck.astype(q.dtype), cv.astype(q.dtype)
+        g = h // kvh
+        q = q.reshape(b, t, kvh, g, hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = scores * (1.0 / np.sqrt(hd))
+        allowed = (k_slot[None, :] <= q_slot[:, None])[None] & key_mask[:, None, :]  # [B, T, S]
+        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * hd)
+        return self.o_proj(out), new_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = Dense(d, f, ("embed", "mlp"), config=config, rngs=rngs)
+        self.up_proj = Dense(d, f, ("embed", "mlp"), config=config, rngs=rngs)
+        self.down_proj = Dense(f, d, ("mlp", "embed"), config=config, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.post_attn_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, cos, sin, key_mask, q_slot, k_slot, layer_cache, write_index):
+        a, new_cache = self.attn(self.input_norm(x), cos, sin, key_mask, q_slot, k_slot, layer_cache,
+                                 write_index)
+        x = x + a
+        x = x + self.mlp(self.post_attn_norm(x))
+        return x, new_cache
+
+
+def positions_from_mask(attention_mask: Array, offset: Array | None = None) -> Array:
+    """Position of each token = number of real tokens before it (+ offset per row); pads get clamped."""
+    pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
+    if offset is not None:
+        pos = pos + offset[:, None]
+    return jnp.maximum(pos, 0)
+
+
+class Transformer(nnx.Module):
+    """Llama-family causal LM. `__call__` returns (float32 logits [B, T, V], new cache or None)."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        if not isinstance(config, LlamaConfig):
+            raise ValueError(f"config must be a LlamaConfig, got {type(config).__name__}")
+        self.config = config
+        self.embed = Embed(config, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
+        self.lm_head = (None if config.tie_word_embeddings else
+                        Dense(config.hidden_size, config.vocab_size, ("embed", "vocab"), config=config,
+                              rngs=rngs))
+
+    # ------------------------------------------------------------------ cache
+    def init_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
+        """Empty KV cache for `max_len` slots; dtype defaults to the compute dtype."""
+        if batch_size <= 0 or max_len <= 0:
+            raise ValueError(f"init_cache: batch_size and max_len must be positive, got {batch_size}, {max_len}")
+        c = self.config
+        dtype = jnp.dtype(dtype or c.dtype)
+        shape = (batch_size, max_len, c.num_kv_heads, c.head_dim)
+        return {
+            "k": tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers)),
+            "v": tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers)),
+            "mask": jnp.zeros((batch_size, max_len), bool),
+            "index": jnp.zeros((), jnp.int32),
+        }
+
+    # ---------------------------------------------------------------- forward
+    def _backbone(self, tokens, positions, attention_mask, cache):
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
+        b, t = tokens.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool)
+        attention_mask = jnp.asarray(attention_mask).astype(bool)
+        if attention_mask.shape != (b, t):
+            raise ValueError(f"attention_mask shape {attention_mask.shape} != tokens shape {(b, t)}")
+        if positions is not None and jnp.shape(positions) != (b, t):
+            raise ValueError(f"positions shape {jnp.shape(positions)} != tokens shape {(b, t)}")
+        if cache is None:
+            if positions is None:
+                positions = positions_from_mask(attention_mask)
+            key_mask, q_slot, k_slot, write_index = attention_mask, jnp.arange(t), jnp.arange(t), None
+        else:
+            s = cache["mask"].shape[1]
+            if cache["mask"].shape[0] != b:
+                raise ValueError(f"cache batch {cache['mask'].shape[0]} != tokens batch {b}")
+            write_index = cache["index"]
+            if positions is None:
+                seen = jnp.sum(cache["mask"].astype(jnp.int32), axis=1)
+                positions = positions_from_mask(attention_mask, seen)
+            key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, write_index))
+            q_slot = write_index + jnp.arange(t)
+            k_slot = jnp.arange(s)
+        cos, sin = rope_cos_sin(jnp.asarray(positions), self.config)
+        x = self.embed(tokens)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
+            x, lc = layer(x, cos, sin, key_mask, q_slot, k_slot, layer_cache, write_index)
+            if lc is not None:
+                new_k.append(lc[0])
+                new_v.append(lc[1])
+        x = self.final_norm(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = {"k": tuple(new_k), "v": tuple(new_v), "mask": key_mask,
+                         "index": (write_index + t).astype(jnp.int32)}
+        return x, new_cache
+
+    def logits_from_hidden(self, h: Array) -> Array:
+        """float32 logits [..., V] from final-normed hidden states."""
+        if self.lm_head is None:
+            return self.embed.attend(h)
+        dt = jnp.dtype(self.config.dtype)
+        return jnp.dot(h.astype(dt), self.lm_head.kernel[...].astype(dt), preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens: Array, *, positions: Array | None = None, attention_mask: Array | None = None,
+                 cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+        """tokens [B,T] int32; attention_mask [B,T] bool (True = real token); positions default to the
+        count of real tokens before each one (so left/right padding does not shift RoPE). With a cache the
+        tokens are written at slots [cache.index, cache.index + T) and attend to all earlier real slots."""
+        h, new_cache = self._backbone(tokens, positions, attention_mask, cache)
+        return self.logits_from_hidden(h), new_cache
+
+    def hidden(self, tokens: Array, *, positions: Array | None = None,
+               attention_mask: Array | None = None) -> Array:
+        """Final-normed hidden states [B, T, hidden] (compute dtype)."""
+        return self._backbone(tokens, positions, attention_mask, None)[0]
+
+
+def token_logprobs(logits: Array, tokens: Array) -> Array:
+    """log p(tokens[:, t] | tokens[:, <t]) for t >= 1: [B, T-1] float32 from logits [B, T, V]."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def sequence_logprobs(model: Transformer, tokens: Array, response_mask: Array,
+                      attention_mask: Array | None = None) -> Array:
+    """Summed response log-probs [B] float32 (MATH.md notation: log pi(y|x) is a SUM over response tokens).
+
+    sum_t response_mask[t] * log p(tokens[t] | tokens[<t]); position 0 has no context and is never
+    scored. attention_mask (True = real token) defaults to all-ones.
+    """
+    tokens = jnp.asarray(tokens)
+    response_mask = jnp.asarray(response_mask)
+    if response_mask.shape != tokens.shape:
+        raise ValueError(f"response_mask shape {response_mask.shape} != tokens shape {tokens.shape}")
+    logits, _ = model(tokens, attention_mask=attention_mask)
+    lp = token_logprobs(logits, tokens)
+    return jnp.sum(jnp.where(response_mask[:, 1:].astype(bool), lp, 0.0), axis=-1)
