@@ -1,0 +1,163 @@
+"""wind_jax.data: JSONL validation, tfds array_record round trip (no TensorFlow), loaders."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from wind_jax import data
+
+
+def byte_tokenizer(text):
+    """Independent reference tokenizer: UTF-8 bytes + 1 (0 is padding)."""
+    return [b + 1 for b in text.encode("utf-8")]
+
+
+PROMPTS = [
+    {"prompt": "Hello, world"},
+    {"prompt": "Grüße aus Köln ☃ — 你好 🙂"},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Was ist π?"}]},
+    {"prompt": "x" * 20},
+    {"prompt": "short"},
+]
+
+PAIRS = [
+    {"prompt": "2+2?", "chosen": "4", "rejected": "5 ☹"},
+    {"prompt": "Name a colour", "responses": ["red", "blue", "grün"], "scores": [0.2, -1.0, 3.5]},
+    {"messages": [{"role": "user", "content": "hi"}], "chosen": "hello!", "rejected": "go away"},
+]
+
+
+def write_jsonl(path, rows, raw_lines=()):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for line in raw_lines:
+            f.write(line + "\n")
+    return str(path)
+
+
+def test_prompts_round_trip_unicode_and_chat(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    builder = data.build("prompts", path, str(tmp_path / "tfds"))
+    assert "tensorflow" not in sys.modules  # array_record path needs no TensorFlow
+    source = data.load_source(builder.data_dir, process_index=0, process_count=1)
+    assert len(source) == len(PROMPTS)
+    by_line = {int(r["line"]): r for r in (source[i] for i in range(len(source)))}
+    for line, row in enumerate(PROMPTS, start=1):
+        rec = by_line[line]
+        if "prompt" in row:
+            assert rec["prompt"].decode() == row["prompt"]
+            assert rec["messages"].decode() == ""
+        else:
+            assert json.loads(rec["messages"].decode()) == row["messages"]
+            assert rec["prompt"].decode() == data.render_chat(row["messages"])
+    assert data.skipped(builder)["total"] == 0
+
+
+def test_preference_pairs_round_trip_and_loader(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    builder = data.build("preference_pairs", path, str(tmp_path / "tfds"))
+    source = builder.as_data_source(split="train")
+    recs = {int(source[i]["line"]): source[i] for i in range(len(source))}
+    assert [r.decode() for r in recs[1]["responses"]] == ["4", "5 ☹"]
+    np.testing.assert_array_equal(recs[1]["scores"], [1.0, 0.0])
+    assert [r.decode() for r in recs[2]["responses"]] == PAIRS[1]["responses"]
+
+    loader = data.PreferenceLoader(source, byte_tokenizer, batch_size=3, buckets=(16, 64), eos_id=300,
+                                   source_name=path)
+    (batch,) = list(loader.epoch(0))
+    for row, line in enumerate(batch["line"]):
+        rec = PAIRS[line - 1]
+        prompt = rec.get("prompt") or data.render_chat(rec["messages"])
+        if "chosen" in rec:
+            chosen, rejected = rec["chosen"], rec["rejected"]
+        else:
+            chosen = rec["responses"][int(np.argmax(rec["scores"]))]
+            rejected = rec["responses"][int(np.argmin(rec["scores"]))]
+        for name, text in (("chosen", chosen), ("rejected", rejected)):
+            toks = batch["tokens"][name][row]
+            resp = toks[batch["response_mask"][name][row]]
+            assert list(resp) == byte_tokenizer(text) + [300]
+            real = toks[batch["attention_mask"][name][row]]
+            assert list(real) == byte_tokenizer(prompt) + byte_tokenizer(text) + [300]
+    assert batch["tokens"]["chosen"].shape == (3, 64)
+
+
+def test_prompt_loader_buckets_shuffle_and_padding(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    source = data.build("prompts", path, str(tmp_path / "tfds")).as_data_source(split="train")
+    loader = data.PromptLoader(source, byte_tokenizer, batch_size=2, buckets=(8, 32, 128), seed=3,
+                               drop_remainder=False)
+    e0, e0_again, e1 = list(loader.epoch(0)), list(loader.epoch(0)), list(loader.epoch(1))
+    lines0 = np.concatenate([b["line"] for b in e0])
+    np.testing.assert_array_equal(lines0, np.concatenate([b["line"] for b in e0_again]))
+    assert sorted(lines0) == [1, 2, 3, 4, 5]
+    assert not np.array_equal(lines0, np.concatenate([b["line"] for b in e1]))  # seeds (3,0) vs (3,1)
+    for b in e0:
+        longest = b["lengths"].max()
+        assert b["tokens"].shape[1] == min(x for x in (8, 32, 128) if x >= longest)
+        for row in range(len(b["line"])):
+            rec = PROMPTS[b["line"][row] - 1]
+            text = rec.get("prompt") or data.render_chat(rec["messages"])
+            assert list(b["tokens"][row][b["attention_mask"][row]]) == byte_tokenizer(text)
+            assert b["attention_mask"][row][-1]  # left padding: last position is real
+
+
+def test_per_process_shards_are_disjoint_and_cover(tmp_path):
+    rows = [{"prompt": f"prompt number {i}"} for i in range(10)]
+    builder = data.build("prompts", write_jsonl(tmp_path / "p.jsonl", rows), str(tmp_path / "tfds"))
+    parts = [data.load_source(builder, process_index=i, process_count=2) for i in range(2)]
+    lines = [{int(p[j]["line"]) for j in range(len(p))} for p in parts]
+    assert len(parts[0]) == len(parts[1]) == 5
+    assert lines[0].isdisjoint(lines[1]) and lines[0] | lines[1] == set(range(1, 11))
+    with pytest.raises(ValueError, match="process_index"):
+        data.process_split("train", 2, 2)
+
+
+@pytest.mark.parametrize(
+    "bad_line,kind,match",
+    [
+        ('{"prompt": "unterminated', "prompts", "invalid JSON"),
+        ('{"text": "no prompt field"}', "prompts", 'missing field "prompt"'),
+        ('{"prompt": "   "}', "prompts", "empty"),
+        ('[1, 2]', "prompts", "JSON object"),
+        ('{"messages": [{"role": "user"}]}', "prompts", "messages"),
+        ('{"prompt": "p", "chosen": "a"}', "preference_pairs", '"rejected"'),
+        ('{"prompt": "p", "responses": ["a", "b"], "scores": [1.0]}', "preference_pairs", "scores"),
+        ('{"prompt": "p", "responses": ["a", "b"], "scores": [1.0, 1.0]}', "preference_pairs", "equal"),
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path, bad_line, kind, match):
+    good = PROMPTS[:2] if kind == "prompts" else PAIRS[:2]
+    path = write_jsonl(tmp_path / "bad.jsonl", good, [bad_line])
+    with pytest.raises(ValueError, match=match) as info:
+        data.build(kind, path, str(tmp_path / "tfds"))
+    assert f"{path}:3:" in str(info.value)
+
+
+def test_skip_flag_counts_malformed(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", PROMPTS[:2], ['{"prompt": ""}', "not json", '{"x": 1}'])
+    builder = data.build("prompts", path, str(tmp_path / "tfds"), skip_malformed=True)
+    assert len(builder.as_data_source(split="train")) == 2
+    info = data.skipped(builder)
+    assert info["total"] == 3
+    assert info["by_kind"] == {"empty_prompt": 1, "bad_json": 1, "missing_field": 1}
+    assert f"{path}:4:" in info["first_messages"][1]
+
+
+def test_overlong_prompt_errors_or_is_counted_never_truncated(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    source = data.build("prompts", path, str(tmp_path / "tfds")).as_data_source(split="train")
+    strict = data.PromptLoader(source, byte_tokenizer, batch_size=1, buckets=(16,), source_name=path)
+    with pytest.raises(ValueError, match=r"p.jsonl:\d+: prompt has \d+ tokens > largest bucket 16"):
+        list(strict.epoch(0))
+    lenient = data.PromptLoader(source, byte_tokenizer, batch_size=1, buckets=(16,), on_overlong="skip")
+    kept = list(lenient.epoch(0))
+    expected_kept = [r for r in PROMPTS if len(byte_tokenizer(r.get("prompt") or data.render_chat(
+        r["messages"]))) <= 16]
+    assert len(kept) == len(expected_kept)
+    assert lenient.skips.total == len(PROMPTS) - len(expected_kept)
+    assert all(b["lengths"][0] == b["attention_mask"][0].sum() for b in kept)
+    with pytest.raises(ValueError, match="max_prompt_chars"):
+        data.build("prompts", path, str(tmp_path / "tfds2"), max_prompt_chars=10)
