@@ -1,0 +1,440 @@
+"""Checkpoint conversion: Hugging Face Llama directories (import/export) and GGUF files (import).
+
+Every import goes through Hugging Face tensor names and layouts (weights [out, in]); `hf_to_params`
+maps them onto the wind_jax.models.Transformer parameter tree (kernels [in, out], see transformer.py).
+
+  import_hf(directory) -> (config, model)         config.json + model.safetensors or sharded with index
+  export_hf(model, config, directory, ...)        config.json + model.safetensors (+ tokenizer files),
+                                                  written to a temporary directory and renamed into place
+  import_gguf(path) -> (config, model)            dequantized; Q/K rows un-permuted to rotate_half RoPE
+  read_gguf(path) -> (hf_config_dict, hf_tensors) the GGUF file as HF config + HF-named float32 tensors
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wind_jax.models.config import LlamaConfig
+from wind_jax.models.transformer import Transformer
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+# HF tensors that carry no parameters (buffers some older exports saved).
+_IGNORED_HF_TENSORS = re.compile(r".*rotary_emb\.inv_freq$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                    "generation_config.json")
+
+# wind_jax module path <-> HF module path, per layer where "{i}" appears.
+_LAYER_MODULES = {
+    "input_norm": "input_layernorm",
+    "post_attn_norm": "post_attention_layernorm",
+    "attn.q_proj": "self_attn.q_proj",
+    "attn.k_proj": "self_attn.k_proj",
+    "attn.v_proj": "self_attn.v_proj",
+    "attn.o_proj": "self_attn.o_proj",
+    "mlp.gate_proj": "mlp.gate_proj",
+    "mlp.up_proj": "mlp.up_proj",
+    "mlp.down_proj": "mlp.down_proj",
+}
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
+
+
+# ----------------------------------------------------------------------------- name mapping
+def hf_name(path: tuple) -> str:
+    """HF tensor name of a Transformer parameter path, e.g. ('layers', 0, 'attn', 'q_proj', 'kernel')
+    -> 'model.layers.0.self_attn.q_proj.weight'."""
+    *module, leaf = (str(p) for p in path)
+    if leaf not in _LEAF_NAMES:
+        raise ValueError(f"no Hugging Face name for parameter {'.'.join(map(str, path))}")
+    suffix = _LEAF_NAMES[leaf]
+    if module == ["embed"]:
+        return "model.embed_tokens.weight"
+    if module == ["final_norm"]:
+        return "model.norm.weight"
+    if module == ["lm_head"]:
+        return "lm_head.weight"
+    if len(module) >= 2 and module[0] == "layers" and ".".join(module[2:]) in _LAYER_MODULES:
+        return f"model.layers.{module[1]}.{_LAYER_MODULES['.'.join(module[2:])]}.{suffix}"
+    raise ValueError(f"no Hugging Face name for parameter {'.'.join(map(str, path))}")
+
+
+def _is_kernel(path: tuple) -> bool:
+    return str(path[-1]) == "kernel"
+
+
+def expected_hf_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """HF name -> shape ([out, in] for linear weights) implied by `config`."""
+    d, f, v, hd = config.hidden_size, config.intermediate_size, config.vocab_size, config.head_dim
+    q, kv = config.num_heads * hd, config.num_kv_heads * hd
+    shapes = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (v, d)
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (q, d), p + "self_attn.k_proj.weight": (kv, d),
+            p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.o_proj.weight": (d, q),
+            p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
+            p + "mlp.down_proj.weight": (d, f),
+        })
+        if config.attention_bias:
+            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                           p + "self_attn.v_proj.bias": (kv,), p + "self_attn.o_proj.bias": (d,)})
+    return shapes
+
+
+def hf_to_params(config: LlamaConfig, tensors: Mapping[str, np.ndarray], *, source: str = "checkpoint"
+                 ) -> Transformer:
+    """Build a Transformer from HF-named tensors without a random initialization.
+
+    Raises ValueError naming the tensor (and `source`) for missing, unexpected or mis-shaped tensors.
+    For tied embeddings a stored lm_head.weight is ignored.
+    """
+    expected = expected_hf_shapes(config)
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ValueError(f"{source}: missing tensor(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    ignorable = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    unexpected = sorted(n for n in tensors if n not in expected and n not in ignorable
+                        and not _IGNORED_HF_TENSORS.match(n))
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:8]} for a Llama model with "
+                         f"{config.num_layers} layers (attention_bias={config.attention_bias})")
+    for name, shape in expected.items():
+        got = tuple(np.shape(tensors[name]))
+        if got != shape:
+            raise ValueError(f"{source}: tensor {name} has shape {got}, expected {shape} from the config")
+
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    pdt = jnp.dtype(config.param_dtype)
+    filled = []
+    for path, var in nnx.to_flat_state(state):
+        if not isinstance(var, nnx.Param):
+            raise ValueError(f"hf_to_params: unexpected non-parameter state at {path}")
+        value = np.asarray(tensors[hf_name(path)])
+        if _is_kernel(path):
+            value = value.T
+        target = var.get_value().shape
+        if value.shape != tuple(target):
+            raise ValueError(f"{source}: tensor {hf_name(path)} maps to shape {value.shape}, the model "
+                             f"parameter {'.'.join(map(str, path))} has {tuple(target)}")
+        filled.append((path, var.replace(jnp.asarray(value, dtype=pdt))))
+    return nnx.merge(graphdef, nnx.from_flat_state(filled))
+
+
+def params_to_hf(model: Transformer) -> dict[str, np.ndarray]:
+    """HF-named numpy tensors (linear weights [out, in]) of a Transformer's parameters."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        value = np.asarray(jax.device_get(var.get_value()))
+        out[hf_name(path)] = np.ascontiguousarray(value.T if _is_kernel(path) else value)
+    return out
+
+
+# ----------------------------------------------------------------------------- HF directories
+def read_hf_config(directory: str | os.PathLike, **overrides) -> LlamaConfig:
+    """LlamaConfig from `directory/config.json`; rejects non-Llama architectures by name."""
+    path = os.path.join(os.fspath(directory), "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    model_type = d.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{path}: model_type={model_type!r} is not supported "
+                         f"(supported: {SUPPORTED_MODEL_TYPES}, Llama architecture)")
+    if model_type == "mistral" and d.get("sliding_window") is not None:
+        raise ValueError(f"{path}: sliding_window={d['sliding_window']} attention is not supported")
+    try:
+        return LlamaConfig.from_hf_dict(d, **overrides)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of model.safetensors, or of the shards listed in model.safetensors.index.json."""
+    from safetensors.numpy import load_file
+
+    directory = os.fspath(directory)
+    index_path = os.path.join(directory, SAFETENSORS_INDEX)
+    single_path = os.path.join(directory, SAFETENSORS_FILE)
+    if os.path.isfile(index_path):
+        with open(index_path) as f:
+            try:
+                weight_map = json.load(f)["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map' ({e})") from None
+        tensors: dict[str, np.ndarray] = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = os.path.join(directory, shard)
+            if not os.path.isfile(shard_path):
+                raise FileNotFoundError(f"shard {shard_path} listed in {index_path} not found")
+            shard_tensors = load_file(shard_path)
+            for name in shard_tensors:
+                if weight_map.get(name) == shard:
+                    tensors[name] = shard_tensors[name]
+        absent = sorted(n for n in weight_map if n not in tensors)
+        if absent:
+            raise ValueError(f"{index_path}: tensor(s) {absent[:8]} not found in their listed shards")
+        return tensors
+    if os.path.isfile(single_path):
+        return load_file(single_path)
+    raise FileNotFoundError(f"no weights in {directory}: expected {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}")
+
+
+def import_hf(directory: str | os.PathLike, **config_overrides) -> tuple[LlamaConfig, Transformer]:
+    """(config, model) from a Hugging Face Llama directory. config_overrides (e.g. dtype="bfloat16")
+    replace LlamaConfig fields."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    config = read_hf_config(directory, **config_overrides)
+    tensors = {k: _to_float32_if_bf16(v) for k, v in read_safetensors(directory).items()}
+    return config, hf_to_params(config, tensors, source=directory)
+
+
+def _to_float32_if_bf16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32) if x.dtype.name == "bfloat16" else x
+
+
+def export_hf(model: Transformer, config: LlamaConfig, directory: str | os.PathLike,
+              tokenizer_dir: str | os.PathLike | None = None, *, tokenizer=None,
+              overwrite: bool = False) -> str:
+    """Write config.json + model.safetensors (+ tokenizer files) that LlamaForCausalLM.from_pretrained loads.
+
+    tokenizer_dir: copy the tokenizer files found there; tokenizer: a wind_jax Tokenizer to save instead.
+    Everything is written to a temporary sibling directory and renamed into place, so a failure leaves
+    `directory` as it was. An existing non-empty `directory` is replaced only with overwrite=True.
+    Returns the directory path.
+    """
+    from safetensors.numpy import save_file
+
+    if not isinstance(model, Transformer):
+        raise ValueError(f"export_hf: model must be a wind_jax Transformer, got {type(model).__name__}")
+    if not isinstance(config, LlamaConfig):
+        raise ValueError(f"export_hf: config must be a LlamaConfig, got {type(config).__name__}")
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"export_hf: {directory} exists and is not a directory")
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        raise FileExistsError(f"export_hf: {directory} is not empty (pass overwrite=True to replace it)")
+    tok_files = []
+    if tokenizer_dir is not None:
+        tokenizer_dir = os.fspath(tokenizer_dir)
+        if not os.path.isdir(tokenizer_dir):
+            raise FileNotFoundError(f"tokenizer directory not found: {tokenizer_dir}")
+        tok_files = [os.path.join(tokenizer_dir, n) for n in _TOKENIZER_FILES
+                     if os.path.isfile(os.path.join(tokenizer_dir, n))]
+        if not tok_files:
+            raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...) in "
+                                    f"{tokenizer_dir}")
+    tensors = params_to_hf(model)
+    expected = expected_hf_shapes(config)
+    if set(tensors) != set(expected) or any(tensors[n].shape != s for n, s in expected.items()):
+        bad = sorted(n for n in set(tensors) ^ set(expected)) or sorted(
+            n for n, s in expected.items() if tensors[n].shape != s)
+        raise ValueError(f"export_hf: model parameters do not match the config at {bad[:8]}")
+
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp_export_", dir=parent)
+    try:
+        hf_config = config.to_hf_dict()
+        hf_config["torch_dtype"] = config.param_dtype
+        if tokenizer is not None:
+            for key, tid in (("bos_token_id", tokenizer.bos_id), ("eos_token_id", tokenizer.eos_id),
+                             ("pad_token_id", tokenizer.pad_id)):
+                if tid is not None:
+                    hf_config[key] = tid
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_config, f, indent=2)
+        save_file(tensors, os.path.join(tmp, SAFETENSORS_FILE), metadata={"format": "pt"})
+        for src in tok_files:
+            shutil.copy2(src, os.path.join(tmp, os.path.basename(src)))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)
+        if os.path.isdir(directory):
+            old = tempfile.mkdtemp(prefix=".old_export_", dir=parent)
+            os.rename(directory, os.path.join(old, "previous"))
+            os.rename(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+# ----------------------------------------------------------------------------- GGUF
+_GGUF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
+                      "output": "lm_head"}
+
+
+def gguf_to_hf_name(name: str) -> str:
+    """'blk.3.attn_q.weight' -> 'model.layers.3.self_attn.q_proj.weight' (ValueError for unknown)."""
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", name)
+    if m and m.group(2) in _GGUF_LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{_GGUF_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+    m = re.fullmatch(r"(\w+)\.(weight|bias)", name)
+    if m and m.group(1) in _GGUF_GLOBAL_NAMES:
+        return f"{_GGUF_GLOBAL_NAMES[m.group(1)]}.{m.group(2)}"
+    raise ValueError(f"GGUF tensor {name!r} has no Llama counterpart")
+
+
+def unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """Invert llama.cpp's Q/K row permutation (interleaved-pair RoPE -> HF rotate_half halves).
+
+    llama.cpp stores, per head, row (i, j) at 2*i + j for pair i < head_dim/2 and j in {0, 1}, where HF
+    has it at j*head_dim/2 + i. Works on weights [heads*head_dim, in] and biases [heads*head_dim].
+    """
+    rows = w.shape[0]
+    if rows % (2 * num_heads):
+        raise ValueError(f"unpermute_rope_rows: {rows} rows do not split into {num_heads} heads of even size")
+    hd = rows // num_heads
+    return w.reshape(num_heads, hd // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """The llama.cpp layout of HF rotate_half Q/K rows (inverse of `unpermute_rope_rows`)."""
+    hd = w.shape[0] // num_heads
+    return w.reshape(num_heads, 2, hd // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_config(reader, path: str) -> dict:
+    def field(key, default=...):
+        f = reader.fields.get(key)
+        if f is None:
+            if default is ...:
+                raise ValueError(f"{path}: GGUF metadata has no {key!r}")
+            return default
+        return f.contents()
+
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{path}: general.architecture={arch!r} is not supported (only 'llama')")
+    hidden = int(field("llama.embedding_length"))
+    heads = int(field("llama.attention.head_count"))
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = field("llama.vocab_size", None)
+    if vocab is None:
+        if tokens is None:
+            raise ValueError(f"{path}: GGUF metadata has neither llama.vocab_size nor tokenizer.ggml.tokens")
+        vocab = len(tokens.data)
+    d = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": int(vocab),
+        "hidden_size": hidden,
+        "intermediate_size": int(field("llama.feed_forward_length")),
+        "num_hidden_layers": int(field("llama.block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(field("llama.attention.head_count_kv", heads)),
+        "head_dim": int(field("llama.attention.key_length", hidden // heads)),
+        "rope_theta": float(field("llama.rope.freq_base", 10000.0)),
+        "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        "max_position_embeddings": int(field("llama.context_length", 2048)),
+        "hidden_act": "silu",
+    }
+    scaling = field("llama.rope.scaling.type", "none")
+    if scaling == "linear":
+        d["rope_scaling"] = {"rope_type": "linear", "factor": float(field("llama.rope.scaling.factor"))}
+    elif scaling not in ("none", None):
+        raise ValueError(f"{path}: llama.rope.scaling.type={scaling!r} is not supported")
+    for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
+        value = field(f"tokenizer.ggml.{key}", None)
+        if value is not None:
+            d[key.replace("padding", "pad")] = int(value)
+    return d
+
+
+def open_gguf(path: str | os.PathLike):
+    """gguf.GGUFReader of `path` (FileNotFoundError / ValueError naming the file)."""
+    import gguf
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # the gguf reader raises ValueError/struct errors on malformed files
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
+
+
+def read_gguf(path: str | os.PathLike, *, reader=None) -> tuple[dict, dict[str, np.ndarray]]:
+    """(HF config dict, HF-named float32 tensors) of a llama-architecture GGUF file.
+
+    Tensors are dequantized with gguf.quants.dequantize; Q and K rows are un-permuted back to HF's
+    rotate_half layout. A file without output.weight has tied embeddings. reader: an open GGUFReader.
+    """
+    from gguf.quants import dequantize
+
+    path = os.fspath(path)
+    reader = reader if reader is not None else open_gguf(path)
+    d = _gguf_config(reader, path)
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+        raise ValueError(f"{path}: tensor rope_freqs.weight (Llama 3.1 RoPE scaling factors) is not supported")
+    tensors = {}
+    for t in reader.tensors:
+        name = gguf_to_hf_name(t.name)
+        shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims innermost first
+        try:
+            value = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        except ValueError as e:
+            raise ValueError(f"{path}: tensor {t.name} ({t.tensor_type.name}, shape {shape}) cannot be "
+                             f"dequantized to its shape ({e})") from None
+        if name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+            value = unpermute_rope_rows(value, d["num_attention_heads"])
+        elif name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+            value = unpermute_rope_rows(value, d["num_key_value_heads"])
+        tensors[name] = value
+    d["tie_word_embeddings"] = "lm_head.weight" not in tensors
+    return d, tensors
+
+
+def import_gguf(path: str | os.PathLike, *, reader=None, **config_overrides
+                ) -> tuple[LlamaConfig, Transformer]:
+    """(config, model) from a llama-architecture GGUF file (float32 parameters, dequantized)."""
+    d, tensors = read_gguf(path, reader=reader)
+    try:
+        config = LlamaConfig.from_hf_dict(d, **config_overrides)
+    except ValueError as e:
+        raise ValueError(f"{os.fspath(path)}: {e}") from None
+    return config, hf_to_params(config, tensors, source=os.fspath(path))
+
+
+def load_gguf(path: str | os.PathLike, **config_overrides):
+    """(config, model, tokenizer) from one GGUF file, parsing it once."""
+    from wind_jax.models.tokenizer import Tokenizer
+
+    reader = open_gguf(path)
+    config, model = import_gguf(path, reader=reader, **config_overrides)
+    return config, model, Tokenizer.from_gguf(path, reader=reader)
