@@ -157,7 +157,8 @@ class JudgeTemplate:
         ids_a, ids_b = enc(answer_a), enc(answer_b)
         if not ids_a or not ids_b:
             raise ValueError("answer_a / answer_b encode to no tokens")
-        return cls(enc(prefix), enc(before_a), enc(before_b), enc(question), ids_a[0], ids_b[0])
+        # the answer token is the last one of " A" / " B" (a single token in BPE vocabularies)
+        return cls(enc(prefix), enc(before_a), enc(before_b), enc(question), ids_a[-1], ids_b[-1])
 
 
 def _accepts_special(tokenizer) -> bool:

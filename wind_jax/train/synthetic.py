@@ -20,6 +20,7 @@ u[v] ~ reward_scale * N(0, 1), drawn from `seed` (the gold function is fixed by 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ import numpy as np
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_CONTENT = 3
+_jit_method = functools.partial(jax.jit, static_argnums=0)
 _CYCLE = np.array([[0.0, 1.0, -1.0], [-1.0, 0.0, 1.0], [1.0, -1.0, 0.0]], np.float32)
 
 
@@ -80,11 +82,13 @@ class SyntheticLanguage:
         return jnp.asarray(u)
 
     # ---- sampling -----------------------------------------------------------------------------------
+    @functools.partial(jax.jit, static_argnums=(0, 2))
     def sample_prompts(self, key: jax.Array, n: int) -> jax.Array:
         """[n, prompt_width] int32 prompts; all tokens are real (no padding)."""
         body = jax.random.randint(key, (n, self.prompt_len), FIRST_CONTENT, self.vocab_size, jnp.int32)
         return jnp.concatenate([jnp.full((n, 1), BOS, jnp.int32), body], axis=1)
 
+    @_jit_method
     def sample_reference_responses(self, key: jax.Array, prompts: jax.Array):
         """Responses of the reference process: (tokens [n, response_width] int32, mask [n, response_width]).
 
@@ -107,6 +111,7 @@ class SyntheticLanguage:
     def _content(self, responses, mask):
         return jnp.asarray(mask, bool) & (responses >= FIRST_CONTENT)
 
+    @_jit_method
     def gold_reward(self, prompts, responses, mask) -> jax.Array:
         """r(x, y), float32 [B] (module docstring)."""
         content = self._content(responses, mask)
@@ -131,11 +136,13 @@ class SyntheticLanguage:
         return (self.gold_reward(prompts, resp_a, mask_a) - self.gold_reward(prompts, resp_b, mask_b)
                 + self.gold_skew(resp_a, mask_a, resp_b, mask_b))
 
+    @_jit_method
     def gold_preference(self, prompts, resp_a, mask_a, resp_b, mask_b) -> jax.Array:
         """P(a beats b | x) in [0, 1], float32 [B]; P(a, b) + P(b, a) = 1 exactly."""
         return jax.nn.sigmoid(self.gold_logit(prompts, resp_a, mask_a, resp_b, mask_b))
 
     # ---- pre-training data --------------------------------------------------------------------------
+    @functools.partial(jax.jit, static_argnums=(0, 2))
     def pretraining_batch(self, key: jax.Array, n: int):
         """Full sequences [prompt | response] for maximum likelihood pre-training of the base policy.
 
