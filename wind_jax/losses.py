@@ -122,7 +122,7 @@ def single_duel_targets(
     if outcome is not None:
         if key is not None:
             raise ValueError("single_duel_targets: key is only used with win_prob=")
-        ell = _f(jnp.asarray(outcome).astype(jnp.float32) if jnp.asarray(outcome).dtype == bool else outcome)
+        ell = _f(outcome)  # booleans become 0./1.
         if not isinstance(ell, jax.core.Tracer) and not bool(jnp.all((ell == 0) | (ell == 1))):
             raise ValueError("single_duel_targets: outcome must hold only 0/1 (or booleans)")
     else:
@@ -218,7 +218,9 @@ def _wind_nce(logps, batch, hp):
     u = 2.0 * (h + _f(logps["offset"])) / eta
     ell = _f(batch["target"])
     loss = 2.0 * ell * jax.nn.softplus(-u) + jax.nn.softplus(u)
-    metrics = _per_sample_metrics(logps, batch, h, u - jnp.log(2.0 * jnp.clip(ell, 1e-6, 1.0)))
+    metrics = _per_sample_metrics(logps, batch, h, loss)
+    del metrics["wind/residual_rms"]
+    metrics["wind/nce_logit"] = jnp.mean(u)
     metrics["wind/offset"] = jnp.mean(_f(logps["offset"]))
     return loss, metrics
 
