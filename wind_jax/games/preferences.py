@@ -53,7 +53,7 @@ def reward_to_preference(r) -> jax.Array:
 
 
 def _default_dtype(dtype):
-  return jnp.dtype(dtype) if dtype is not None else jnp.zeros((), jnp.float_).dtype
+  return jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None else dtype)
 
 
 def _check_sizes(X, Y):
