@@ -1,0 +1,320 @@
+"""Practical WIND (MATH.md, Algorithm 3) and its baselines on a contextual bandit, one jitted outer step.
+
+Each outer iteration t of every method:
+  1. draw prompts x ~ Uniform[X] and responses from pi_t (or pi_ref / the J-BOND anchor, per method);
+  2. query the preference oracle (Bernoulli duels, `env.duel`), counting samples and queries exactly;
+  3. build a loss batch: for every response name r the frozen log-probs "prev_r" (log pi_t), "ref_r"
+     (log pi_ref), "anchor_r" (J-BOND anchor) and the method's targets, keeping exactly the keys that
+     `wind_jax.losses.get_loss(loss).batch_keys` asks for;
+  4. fit pi_{t+1} by `num_inner` optax steps on the mean loss, starting from theta_t (`fit`, a lax.scan).
+The trainable side supplies every key of `policy_keys`: log pi_theta(y_r | x) per response name, and
+"offset" = a learned per-prompt scalar b(x) (a table [X], part of the trainable parameters).
+
+Query accounting (one query = one Bernoulli duel outcome ell ~ Bernoulli(P[x, y, y'])), per prompt:
+  wind_*            2 samples from pi_t, 1 duel; gives (y, ell) and (y', 1 - ell).
+  sppo (K = 5)      5 samples, all K(K-1)/2 = 10 pairwise duels (round robin; diagonal counted as 1/2).
+  jbond             1 policy sample + 2 anchor samples, 3 duels (anchor vs anchor, policy vs each anchor).
+  bon_distill (n)   n samples from pi_t, knockout tournament with n - 1 duels; the winner is distilled.
+  bonbon (n = 8)    8 samples from pi_ref, best and worst with 3n/2 - 2 = 10 duels.
+  dpo (n = 4)       4 samples from pi_t, best and worst with 3n/2 - 2 = 4 duels; reference pi_ref.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from wind_jax.bandit import env as env_lib
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batch builders: (key, P, prompts [B], log_pi_t, log_pi_ref, log_anchor) -> Draw
+# ----------------------------------------------------------------------------------------------------
+class Draw(NamedTuple):
+    """What one outer iteration drew: per-example prompts [N], response indices by name (each [N]),
+    targets by batch-key name (each [N] float32), and the exact counts."""
+
+    prompts: Array
+    responses: dict[str, Array]
+    targets: dict[str, Array]
+    counts: env_lib.Counts
+
+
+def _wind_draw(key, P, prompts, log_pi, log_ref, log_anchor):
+    """2 samples from pi_t and ONE duel per prompt -> examples (y, ell) and (y', 1 - ell)."""
+    k1, k2 = jax.random.split(key)
+    ys, c1 = env_lib.sample_responses(k1, log_pi, prompts, 2)
+    ell, c2 = env_lib.duel(k2, P, prompts, ys[:, 0], ys[:, 1])
+    return Draw(
+        prompts=jnp.concatenate([prompts, prompts]),
+        responses={"y": jnp.concatenate([ys[:, 0], ys[:, 1]])},
+        targets={"target": jnp.concatenate([ell, 1.0 - ell])},
+        counts=c1 + c2,
+    )
+
+
+def _wind_pair_draw(key, P, prompts, log_pi, log_ref, log_anchor):
+    """wind_kl: the same 2 samples + 1 duel per prompt, kept as one example (y, y', ell)."""
+    k1, k2 = jax.random.split(key)
+    ys, c1 = env_lib.sample_responses(k1, log_pi, prompts, 2)
+    ell, c2 = env_lib.duel(k2, P, prompts, ys[:, 0], ys[:, 1])
+    return Draw(prompts=prompts, responses={"y": ys[:, 0], "y_prime": ys[:, 1]}, targets={"target": ell},
+                counts=c1 + c2)
+
+
+def _sppo_draw(K):
+    def draw(key, P, prompts, log_pi, log_ref, log_anchor):
+        k1, k2 = jax.random.split(key)
+        ys, c1 = env_lib.sample_responses(k1, log_pi, prompts, K)
+        L, c2 = env_lib.round_robin(k2, P, prompts, ys)
+        w_hat = L.mean(axis=-1)  # [B, K], diagonal (1/2) included as in the official SPPO code
+        i_w, i_l = jnp.argmax(w_hat, axis=-1), jnp.argmin(w_hat, axis=-1)
+        take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=-1)[:, 0]  # noqa: E731
+        return Draw(
+            prompts=prompts,
+            responses={"chosen": take(ys, i_w), "rejected": take(ys, i_l)},
+            targets={"target_chosen": take(w_hat, i_w), "target_rejected": take(w_hat, i_l)},
+            counts=c1 + c2,
+        )
+
+    return draw
+
+
+def _jbond_draw(key, P, prompts, log_pi, log_ref, log_anchor):
+    k1, k2, k3 = jax.random.split(key, 3)
+    y, c1 = env_lib.sample_responses(k1, log_pi, prompts, 1)
+    a, c2 = env_lib.sample_responses(k2, log_anchor, prompts, 2)
+    ells, c3 = env_lib.duel(
+        k3, P, prompts[:, None], jnp.stack([a[:, 0], y[:, 0], y[:, 0]], -1), jnp.stack([a[:, 1], a[:, 0], a[:, 1]], -1)
+    )
+    best_anchor = jnp.where(ells[:, 0] > 0, a[:, 0], a[:, 1])
+    loses_both = (1.0 - ells[:, 1]) * (1.0 - ells[:, 2])
+    return Draw(
+        prompts=prompts,
+        responses={"y": y[:, 0], "best": best_anchor},
+        targets={"lost_to_both": loses_both},
+        counts=c1 + c2 + c3,
+    )
+
+
+def _bon_draw(n):
+    def draw(key, P, prompts, log_pi, log_ref, log_anchor):
+        k1, k2 = jax.random.split(key)
+        ys, c1 = env_lib.sample_responses(k1, log_pi, prompts, n)
+        winner, c2 = env_lib.knockout_winner(k2, P, prompts, ys)
+        return Draw(prompts=prompts, responses={"y": winner}, targets={}, counts=c1 + c2)
+
+    return draw
+
+
+def _best_worst_draw(n, source):
+    def draw(key, P, prompts, log_pi, log_ref, log_anchor):
+        k1, k2 = jax.random.split(key)
+        ys, c1 = env_lib.sample_responses(k1, log_ref if source == "reference" else log_pi, prompts, n)
+        best, worst, c2 = env_lib.best_and_worst(k2, P, prompts, ys)
+        return Draw(prompts=prompts, responses={"chosen": best, "rejected": worst}, targets={}, counts=c1 + c2)
+
+    return draw
+
+
+# ----------------------------------------------------------------------------------------------------
+# Methods
+# ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One algorithm of the comparison: which loss, how it samples and queries, what it converges to."""
+
+    name: str
+    loss: str  # name in wind_jax.losses.LOSSES
+    draw: Callable[..., Draw]
+    samples_per_prompt: int
+    queries_per_prompt: int
+    fixed_point: str  # the solution this method aims at (reported next to KL(pi*_beta || pi))
+    hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    anchor_ema: float = 0.0  # J-BOND: anchor <- (1 - ema) anchor + ema theta after every outer iteration
+    # Alg. 1's geometric mixing pi_{t+1} ∝ pi_fit^(1-alpha) pi_ref^alpha, applied after the fit as
+    # theta <- (1-alpha) theta + alpha theta_ref: exact for log-linear policies (logits linear in theta),
+    # an approximation for the MLP.
+    ref_mixing: float = 0.0
+
+
+def bon_mixing_for(beta: float, n: int) -> float:
+    """alpha with alpha / ((1 - alpha)(n - 1)) = 2 beta: Alg. 1's log-win-rate fixed point pibar*_{2 beta}
+    is the one closest to pi*_beta (MATH.md: pibar*_b ~ pi*_{b/2})."""
+    c = 2.0 * beta * (n - 1)
+    return c / (1.0 + c)
+
+
+def make_methods(beta: float, eta: float) -> dict[str, Method]:
+    """The methods of the sample-efficiency comparison, with the hyperparameters used for all games."""
+    if beta <= 0 or eta <= 0:
+        raise ValueError(f"beta and eta must be > 0, got beta={beta}, eta={eta}")
+    wind_fp = "pi*_beta = pi_ref exp(w_pi*/beta)/Z (the WIND game's equilibrium)"
+    wind = dict(beta=beta, eta=eta)
+    methods = [
+        Method("wind_sq", "wind_sq", _wind_draw, 2, 1, wind_fp + "; biased by the fixed logZ guess for beta > 0", wind),
+        Method("wind_sq_offset", "wind_sq_offset", _wind_draw, 2, 1, wind_fp, wind),
+        Method("wind_kl", "wind_kl", _wind_pair_draw, 2, 1, wind_fp, wind),
+        Method("wind_nce", "wind_nce", _wind_draw, 2, 1, wind_fp, wind),
+        Method("sppo", "sppo", _sppo_draw(5), 5, 10,
+               "the preference game's von Neumann winner (official beta = 0: Hedge, no last-iterate "
+               "guarantee; not pi*_beta)", dict(beta=0.0, eta=eta)),
+        Method("sppo_beta", "sppo", _sppo_draw(5), 5, 10,
+               wind_fp + " (SPPO's K=5 estimator with WIND's pull toward pi_ref; isolates the sampling scheme)",
+               dict(beta=beta, eta=eta)),
+        Method("jbond", "jbond", _jbond_draw, 3, 3,
+               "iterated BoN_2 of a moving EMA anchor: the Condorcet winner / a collapse, not pi*_beta",
+               {}, anchor_ema=0.1),
+    ]
+    for n in (2, 4):
+        alpha = bon_mixing_for(beta, n)
+        methods.append(Method(
+            f"bon_distill_n{n}", "bon_distill", _bon_draw(n), n, n - 1,
+            f"Alg. 1 (iterative BoN_{n}, geometric mixing alpha={alpha:.3f}): the log-win-rate equilibrium "
+            f"pibar*_(2 beta) ~ pi*_beta", ref_mixing=alpha))
+    methods.append(Method(
+        "bonbon_n8", "bonbon", _best_worst_draw(8, "reference"), 8, 10,
+        "BoN_8(pi_ref) (one-shot best-of-8 of the reference, not iterated)", dict(n=8.0)))
+
+    methods.append(Method(
+        "dpo_n4", "dpo", _best_worst_draw(4, "policy"), 4, 4,
+        "a reward-regularized optimum pi_ref exp(r/beta)/Z; with deterministic best/worst labels the "
+        "logistic loss has no finite tabular minimizer, so iterates drift toward the best response",
+        dict(beta=beta)))
+    return {m.name: m for m in methods}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fitting and the outer step
+# ----------------------------------------------------------------------------------------------------
+ROLES = ("prev", "ref", "anchor")
+
+
+def assemble_batch(draw: Draw, log_tables: Mapping[str, Array], batch_keys) -> dict[str, Array]:
+    """Frozen batch for the loss: "<role>_<response>" log-probs looked up in log_tables[role] [X, Y],
+    plus the draw's targets; exactly `batch_keys` (ValueError naming a key this method cannot supply)."""
+    full = dict(draw.targets)
+    for role, table in log_tables.items():
+        for r, ys in draw.responses.items():
+            full[f"{role}_{r}"] = table[draw.prompts, ys]
+    missing = [k for k in batch_keys if k not in full]
+    if missing:
+        raise ValueError(f"batch_keys {missing} cannot be supplied; available: {sorted(full)}")
+    return {k: jax.lax.stop_gradient(full[k]) for k in batch_keys}
+
+
+def policy_logps(log_pi: Array, offset: Array, draw: Draw, policy_keys) -> dict[str, Array]:
+    """Trainable inputs: log pi_theta(y_r|x) for each response name r, and "offset" = b(x)."""
+    out = {}
+    for k in policy_keys:
+        if k == "offset":
+            out[k] = offset[draw.prompts]
+        elif k in draw.responses:
+            out[k] = log_pi[draw.prompts, draw.responses[k]]
+        else:
+            raise ValueError(f"policy key {k!r} cannot be supplied; responses: {sorted(draw.responses)}")
+    return out
+
+
+def fit(policy, params, draw: Draw, batch: Mapping[str, Array], loss_fn, hparams, optimizer, num_steps: int):
+    """`num_steps` optimizer steps (lax.scan) on the mean loss, from params = {"policy", "offset"}.
+
+    loss_fn(logps, batch, hparams) -> (per-example loss [N], metrics). Returns (params, mean-loss trace)."""
+    spec_keys = loss_fn.policy_keys
+
+    def objective(p):
+        logps = policy_logps(policy.log_probs(p["policy"]), p["offset"], draw, spec_keys)
+        per_example, _ = loss_fn.fn(logps, batch, hparams)
+        return jnp.mean(per_example)
+
+    opt = optax.with_extra_args_support(optimizer)
+    opt_state = opt.init(params)
+    value_and_grad = jax.value_and_grad(objective)
+
+    def step(carry, _):
+        p, s = carry
+        value, grads = value_and_grad(p)
+        updates, s = opt.update(grads, s, p, value=value, grad=grads, value_fn=objective)
+        return (optax.apply_updates(p, updates), s), value
+
+    (params, _), trace = jax.lax.scan(step, (params, opt_state), None, length=num_steps)
+    return params, trace
+
+
+class LoopState(NamedTuple):
+    params: Any  # {"policy": policy params, "offset": [X]}
+    anchor: Any  # J-BOND anchor policy params (unused by other methods)
+    counts: env_lib.Counts
+    key: Array
+
+
+def init_state(theta_ref, num_contexts: int, key: Array) -> LoopState:
+    """Start of every method: pi_0 = pi_ref = pi_{theta_ref}, offsets b(x) = 0, J-BOND anchor = theta_ref."""
+    params = {"policy": theta_ref, "offset": jnp.zeros((num_contexts,), jnp.float32)}
+    return LoopState(params, theta_ref, env_lib.Counts.zero(), key)
+
+
+def make_outer_step(policy, method: Method, batch_size: int, optimizer, num_inner: int, loss_spec=None):
+    """Pure outer iteration of `method`: step(state, P, theta_ref) -> (state, info); jit it, vmap it over
+    LoopState for seeds. The game (P [X, Y, Y], pi_ref = pi_{theta_ref} = pi_0) is an argument, so one
+    compiled step serves every game of the same shape. info: {"loss_trace": [num_inner]}.
+    `loss_spec` defaults to wind_jax.losses.get_loss(method.loss).
+    """
+    if loss_spec is None:
+        from wind_jax import losses
+
+        loss_spec = losses.get_loss(method.loss)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_inner < 1:
+        raise ValueError(f"num_inner must be >= 1, got {num_inner}")
+    unknown = sorted(set(method.hparams) - set(loss_spec.defaults))
+    if unknown:
+        raise ValueError(f"method {method.name!r}: hparams {unknown} are not hparams of loss {loss_spec.name!r}")
+    hparams = {**dict(loss_spec.defaults), **dict(method.hparams)}
+    X = policy.shape[0]
+
+    def step(state: LoopState, P: Array, theta_ref):
+        key, k_prompt, k_draw = jax.random.split(state.key, 3)
+        log_ref = policy.log_probs(theta_ref)
+        log_pi = policy.log_probs(state.params["policy"])
+        log_anchor = policy.log_probs(state.anchor)
+        prompts, c0 = env_lib.sample_prompts(k_prompt, X, batch_size)
+        draw = method.draw(k_draw, P, prompts, log_pi, log_ref, log_anchor)
+        tables = {"prev": log_pi, "ref": log_ref, "anchor": log_anchor}
+        batch = assemble_batch(draw, tables, loss_spec.batch_keys)
+        params, trace = fit(policy, state.params, draw, batch, loss_spec, hparams, optimizer, num_inner)
+        anchor = state.anchor
+        if method.anchor_ema > 0:
+            lam = method.anchor_ema
+            anchor = jax.tree.map(lambda a, t: (1 - lam) * a + lam * t, anchor, params["policy"])
+        if method.ref_mixing > 0:
+            a = method.ref_mixing
+            mixed = jax.tree.map(lambda p, r: (1 - a) * p + a * r, params["policy"], theta_ref)
+            params = {**params, "policy": mixed}
+        counts = state.counts + c0 + draw.counts
+        return LoopState(params, anchor, counts, key), {"loss_trace": trace}
+
+    return step
+
+
+def exact_metrics(log_pi: Array, log_ref: Array, P: Array, pi_star: Array) -> dict[str, Array]:
+    """Exact metrics against the tabular truth (wind_jax.games): KL(pi*_beta || pi), exploitability,
+    win rate vs pi_ref, KL(pi || pi_ref) (each averaged over prompts)."""
+    from wind_jax import games
+
+    pi, ref = jnp.exp(log_pi), jnp.exp(log_ref)
+    # KLs from log-probs directly (no log of an underflowed probability); same formula as games.kl.
+    log_star = jnp.log(jnp.maximum(pi_star, 1e-30))
+    kl_star = jnp.sum(jnp.where(pi_star > 0, pi_star * (log_star - log_pi), 0.0), axis=-1)
+    return {
+        "kl_to_equilibrium": jnp.mean(kl_star),
+        "exploitability": jnp.mean(games.exploitability(pi, P)),
+        "win_rate_vs_ref": games.policy_win_rate(pi, ref, P),
+        "kl_to_ref": jnp.mean(jnp.sum(pi * (log_pi - log_ref), axis=-1)),
+    }
