@@ -11,6 +11,7 @@ from wind_jax.models.transformer import (
     sequence_logprobs,
     token_logprobs,
 )
+from wind_jax.models.convert import Tokenizer, export_hf, import_gguf, import_hf, load_gguf  # noqa: F401
 
 __all__ = [
     "LlamaConfig",

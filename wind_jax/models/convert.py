@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from wind_jax.models.config import LlamaConfig
+from wind_jax.models.tokenizer import Tokenizer  # noqa: F401  (re-exported with the converters)
 from wind_jax.models.transformer import Transformer
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
