@@ -1,0 +1,50 @@
+"""Config of experiments.llm_alignment (ml_collections). `task="synthetic"` (default, no downloads, < 10 min
+on 2 CPU cores) or `task="real"` (SmolLM2-135M-Instruct GGUF or a local HF Llama dir, JSONL prompts, LLM
+judge). Override from the command line: --config.method=wind_kl --config.loop.num_iterations=6.
+"""
+import ml_collections
+
+
+def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = task
+    c.method = "wind_sq"   # wind_sq | wind_sq_offset | wind_kl | wind_nce | sppo | jbond | bonbon | dpo | bon_distill
+    c.seed = 0
+    c.out_dir = "outputs/llm_alignment"
+    c.oracle = "head"      # training oracle: head (learned from gold comparisons) | gold | judge
+    c.export_dir = ""      # write the final policy as a Hugging Face directory when set
+    c.plot = True
+    c.tensorboard = True
+
+    c.loop = ml_collections.ConfigDict(dict(
+        num_iterations=4, prompts_per_iteration=128, steps_per_iteration=16, batch_size=64,
+        num_samples=0, beta=0.1, beta_final=-1.0, eta=1.0, eta_final=-1.0, learning_rate=2e-3,
+        learning_rate_final=-1.0, schedule="constant", loss_hparams="", optimizer="adamw",
+        max_grad_norm=1.0, reset_optimizer=True, anchor_ema=0.1, oracle_mode="sample",
+        max_new_tokens=7, temperature=1.0, eval_prompts=256, eval_samples_per_prompt=2,
+        checkpoint_every_steps=0, max_to_keep=2, async_checkpoint=True))
+
+    # synthetic task
+    c.language = ml_collections.ConfigDict(dict(
+        vocab_size=16, prompt_len=4, min_response_len=2, max_response_len=6, copy_prob=0.3,
+        reward_scale=1.0, match_bonus=0.5, nontransitive_strength=2.0, seed=0))
+    c.model = ml_collections.ConfigDict(dict(
+        hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2))
+    c.pretrain = ml_collections.ConfigDict(dict(steps=300, batch_size=64, learning_rate=3e-3))
+    c.head = ml_collections.ConfigDict(dict(steps=300, batch_size=64, learning_rate=3e-3, feature_dim=4,
+                                            soft_targets=True))
+
+    # real task
+    c.real = ml_collections.ConfigDict(dict(
+        model_path="",       # a .gguf file or a Hugging Face Llama directory; "" = SmolLM2-135M-Instruct GGUF
+        judge_path="",       # "" = the policy's own checkpoint as the judge
+        prompts_jsonl="",    # {"prompt": ...} / chat lines; "" = a ShareGPT extract written to out_dir
+        num_prompts=16, max_prompt_tokens=64, chat_template=True))
+    if task == "real":
+        c.oracle = "judge"
+        c.loop.update(dict(num_iterations=1, prompts_per_iteration=4, steps_per_iteration=1, batch_size=8,
+                           max_new_tokens=8, eval_prompts=4, eval_samples_per_prompt=1,
+                           learning_rate=1e-6, async_checkpoint=False))
+    elif task != "synthetic":
+        raise ValueError(f'task must be "synthetic" or "real", got {task!r}')
+    return c
