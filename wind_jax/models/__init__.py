@@ -3,6 +3,13 @@
 Checkpoint conversion and tokenizers live in wind_jax.models.convert / wind_jax.models.tokenizer.
 """
 from wind_jax.models.config import LlamaConfig, rope_inv_frequencies
+from wind_jax.models.heads import (
+    PreferenceHead,
+    RewardHead,
+    bradley_terry_loss,
+    last_token_index,
+    pool_last,
+)
 from wind_jax.models.transformer import (
     SHARDING_METADATA_KEY,
     KVCache,
@@ -22,4 +29,9 @@ __all__ = [
     "positions_from_mask",
     "sequence_logprobs",
     "token_logprobs",
+    "RewardHead",
+    "PreferenceHead",
+    "bradley_terry_loss",
+    "last_token_index",
+    "pool_last",
 ]
