@@ -129,6 +129,22 @@ def test_chat_template_literal_and_jinja(tok, tmp_path):
     assert tok.encode_chat(msgs) == tok.encode(expected)
 
 
+def test_export_hf_writes_tokenizer(tok, tmp_path):
+    import json
+
+    from flax import nnx
+
+    from wind_jax.models import LlamaConfig, Transformer, export_hf
+
+    config = LlamaConfig.tiny(vocab_size=tok.vocab_size, num_layers=1)
+    out = export_hf(Transformer(config, rngs=nnx.Rngs(0)), config, tmp_path / "out", tokenizer=tok)
+    hf_config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (hf_config["bos_token_id"], hf_config["eos_token_id"]) == (tok.bos_id, tok.eos_id)
+    back = Tokenizer.from_dir(out)
+    text = "<|im_start|>user\n the 12<|im_end|>"
+    assert back.encode(text) == tok.encode(text) and back.stop_ids == tok.stop_ids
+
+
 def test_bad_inputs(tok, tmp_path):
     with pytest.raises(ValueError, match=r"messages\[1\].role='robot'"):
         tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}])
