@@ -174,7 +174,7 @@ def _micro_batches(tree, k: int):
 
 
 def _select(batch: Batch, spec: losses.LossSpec) -> dict:
-    """Only the arrays the step uses (policy responses + frozen batch keys)."""
+    """Only the arrays the step uses (policy responses, frozen batch keys, "weight")."""
     names = [k for k in spec.policy_keys if k != "offset"]
     out = {field: {n: batch[field][n] for n in names if n in batch.get(field, {})}
            for field in ("tokens", "response_mask", "attention_mask")}
@@ -182,6 +182,8 @@ def _select(batch: Batch, spec: losses.LossSpec) -> dict:
         if k not in batch:
             raise ValueError(f"loss {spec.name!r}: batch is missing key {k!r}; it needs {list(spec.batch_keys)}")
         out[k] = batch[k]
+    if "weight" in batch:
+        out["weight"] = batch["weight"]
     return out
 
 
