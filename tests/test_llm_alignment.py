@@ -38,7 +38,7 @@ def test_loop_config_parsing_and_errors():
         get_config("other")
 
 
-@pytest.mark.parametrize("method", ["wind_sq_offset", "jbond"])
+@pytest.mark.parametrize("method", ["wind_sq_offset", pytest.param("jbond", marks=pytest.mark.slow)])
 def test_method_runs_and_counts(tmp_path, method):
     res = llm_alignment.run(_small(tmp_path, method), progress=False)
     its = [r for r in res.history if r["kind"] == "iteration"]

@@ -82,8 +82,9 @@ def _check_same(reference, out_dir):
     assert deterministic_view(meta["history"]) == ref_hist
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(reference_run, tmp_path):
-    """One fast trial: killed after a random number (3..9) of policy steps, inside an iteration."""
+    """One trial (3 subprocess runs, ~4 min on a loaded 2-core machine): killed after a random number (3..9) of policy steps, inside an iteration."""
     out = str(tmp_path / "killed")
     rc = _run_and_kill(out, random.Random(0).randint(3, 9))
     assert rc == -signal.SIGKILL
@@ -103,6 +104,7 @@ def test_sigkill_at_random_points_several_trials(reference_run, tmp_path, trial)
     _check_same(reference_run, out)
 
 
+@pytest.mark.slow
 def test_incompatible_config_is_refused_naming_the_field(reference_run, tmp_path):
     out = str(tmp_path / "run")
     _run(out)
