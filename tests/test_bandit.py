@@ -26,7 +26,7 @@ def test_duel_frequencies_match_preference():
     P = _nt_game(jax.random.key(0))
     x, y, yp = jnp.meshgrid(jnp.arange(X), jnp.arange(Y), jnp.arange(Y), indexing="ij")
     N = 4000
-    ells, counts = jax.vmap(lambda k: env.duel(k, P, x, y, yp))(jax.random.split(jax.random.key(1), N))
+    ells, counts = jax.jit(jax.vmap(lambda k: env.duel(k, P, x, y, yp)))(jax.random.split(jax.random.key(1), N))
     freq = np.asarray(ells).mean(0)
     p = np.asarray(P, np.float64)
     se = np.sqrt(np.maximum(p * (1 - p), 1e-12) / N)
@@ -41,9 +41,15 @@ def test_sampling_and_knockout_frequencies():
     log_pi = jnp.log(pi)
     N = 20000
     prompts = jnp.repeat(jnp.arange(X), N)
-    ys, c = env.sample_responses(jax.random.key(4), log_pi, prompts, 2)
+
+    @jax.jit
+    def draw(k):
+        k1, k2 = jax.random.split(k)
+        ys, c = env.sample_responses(k1, log_pi, prompts, 2)
+        return ys, c, *env.knockout_winner(k2, P, prompts, ys)
+
+    ys, c, winner, cw = draw(jax.random.key(4))
     assert int(c.samples) == ys.size == 2 * X * N and int(c.queries) == 0
-    winner, cw = env.knockout_winner(jax.random.key(5), P, prompts, ys)
     assert int(cw.queries) == X * N and int(cw.samples) == 0
     for sample, expected in ((ys[:, 0], pi), (winner, games.best_of_n(pi, P, 2))):
         freq = np.zeros((X, Y))
@@ -56,12 +62,12 @@ def test_best_and_worst_exact_for_deterministic_reward():
     r, P = games.reward_preference(jax.random.key(6), 2, 16, num_levels=1000)
     ys = jax.random.randint(jax.random.key(7), (2, 8), 0, 16)
     prompts = jnp.arange(2)
-    best, worst, c = env.best_and_worst(jax.random.key(8), P, prompts, ys)
+    best, worst, c = jax.jit(env.best_and_worst)(jax.random.key(8), P, prompts, ys)
     rr = np.asarray(r)[np.arange(2)[:, None], np.asarray(ys)]
     np.testing.assert_array_equal(np.asarray(r)[np.arange(2), np.asarray(best)], rr.max(1))
     np.testing.assert_array_equal(np.asarray(r)[np.arange(2), np.asarray(worst)], rr.min(1))
     assert int(c.queries) == 2 * (3 * 8 // 2 - 2)
-    L, cr = env.round_robin(jax.random.key(9), P, prompts, ys[:, :5])
+    L, cr = jax.jit(env.round_robin)(jax.random.key(9), P, prompts, ys[:, :5])
     np.testing.assert_allclose(np.asarray(L + jnp.swapaxes(L, 1, 2)), 1.0)
     assert int(cr.queries) == 2 * 10
 
@@ -109,7 +115,7 @@ def test_every_method_counts_exactly(monkeypatch):
     prompts = jax.random.randint(jax.random.key(2), (B,), 0, X)
     for name, m in algorithms.make_methods(0.2, 1.0).items():
         produced.update(samples=0, queries=0)
-        draw = m.draw(jax.random.key(3), P, prompts, log_pi, log_pi, log_pi)
+        draw = jax.jit(lambda *a, d=m.draw: d(*a))(jax.random.key(3), P, prompts, log_pi, log_pi, log_pi)  # counted while tracing
         assert int(draw.counts.samples) == produced["samples"] == B * m.samples_per_prompt, name
         assert int(draw.counts.queries) == produced["queries"] == B * m.queries_per_prompt, name
         spec = losses.get_loss(m.loss)
