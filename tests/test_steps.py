@@ -102,11 +102,12 @@ def dpo_reference():
             margin = (lp["chosen"] - batch["ref_chosen"]) - (lp["rejected"] - batch["ref_rejected"])
             return jnp.sum(w * -jax.nn.log_sigmoid(beta * margin)) / jnp.sum(w)
 
-        out[weighting] = jax.value_and_grad(objective)(params)
+        out[weighting] = jax.jit(jax.value_and_grad(objective))(params)
     return batch, params, out
 
 
-@pytest.mark.parametrize("num_micro_batches,weighting", [(1, "example"), (4, "tokens"), (2, "example")])
+@pytest.mark.parametrize("num_micro_batches,weighting",
+                         [(1, "example"), (4, "tokens"), pytest.param(2, "example", marks=pytest.mark.slow)])
 def test_sgd_step_and_accumulation_equal_reference_gradient(dpo_reference, num_micro_batches, weighting):
     """One SGD step (lr 0.5) with k micro-batches equals params - lr * full-batch reference gradient."""
     batch, params, ref = dpo_reference
@@ -125,6 +126,7 @@ def test_sgd_step_and_accumulation_equal_reference_gradient(dpo_reference, num_m
     np.testing.assert_allclose(float(metrics["grad_norm"]), float(optax.global_norm(grads)), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_offset_loss_trains_offset_head_and_needs_wrapper():
     mesh = sharding.make_mesh((2, 1, 1), devices=jax.devices()[:2])
     batch = make_batch(3, names=("y",))
@@ -161,6 +163,7 @@ class _BTReward(nnx.Module):
         return self.head(jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0])[:, 0]
 
 
+@pytest.mark.slow
 def test_reward_step_bradley_terry_loss_and_learning():
     mesh = sharding.make_mesh((2, 2, 2))
     graphdef, state = sharding.create_sharded_state(_BTReward, mesh)
