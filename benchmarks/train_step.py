@@ -73,7 +73,7 @@ def _measure(config_name: str, batch: int, length: int, mesh_shape, steps: int, 
     jax.block_until_ready((state, m))
     dt = (time.perf_counter() - t0) / steps
     tokens = 2 * batch * length
-    out = {"devices": len(jax.devices()), "mesh": list(mesh_shape), "params": num_params, "batch": batch,
+    out = {"devices": len(jax.devices()), "mesh": list(mesh.shape.values()), "params": num_params, "batch": batch,
            "length": length, "step_s": dt, "tokens_per_s": tokens / dt, "first_call_s": compile_s,
            "device_kind": jax.devices()[0].device_kind, "loss": float(m["loss"])}
     peak = peak_flops_for(out["device_kind"])
