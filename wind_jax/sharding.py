@@ -220,7 +220,8 @@ def initialize(
     """Multi-host aware ``jax.distributed.initialize``.
 
     Explicit arguments (or env JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) are passed on;
-    with none, JAX's cluster auto-detection (TPU VMs, SLURM, ...) is used when a cluster is detected.
+    with none, JAX's cluster auto-detection (TPU VMs, SLURM, ...) is used when a cluster is detected or
+    WIND_JAX_DISTRIBUTED=1 (set by tpu_setup.sh on every worker).
     A single process with nothing to detect is a no-op. Returns True if jax.distributed was initialized.
     Must be called before any other JAX computation.
     """
@@ -245,7 +246,8 @@ def initialize(
         )
         return True
     cluster_markers = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_COORDINATOR_ADDRESS")
-    if any(m in env for m in cluster_markers):
+    # tpu_setup.sh launches every worker of a TPU slice with WIND_JAX_DISTRIBUTED=1.
+    if env.get("WIND_JAX_DISTRIBUTED") == "1" or any(m in env for m in cluster_markers):
         jax.distributed.initialize(**kwargs)
         return True
     return False
