@@ -1,7 +1,4 @@
-"""Llama-family policy (Flax NNX), reward / preference heads.
-
-Checkpoint conversion and tokenizers live in wind_jax.models.convert / wind_jax.models.tokenizer.
-"""
+"""Llama-family policy (Flax NNX), reward / preference heads, Hugging Face / GGUF checkpoints, tokenizer."""
 from wind_jax.models.config import LlamaConfig, rope_inv_frequencies
 from wind_jax.models.heads import (
     PreferenceHead,
@@ -18,7 +15,8 @@ from wind_jax.models.transformer import (
     sequence_logprobs,
     token_logprobs,
 )
-from wind_jax.models.convert import Tokenizer, export_hf, import_gguf, import_hf, load_gguf  # noqa: F401
+from wind_jax.models.convert import export_hf, import_gguf, import_hf, load_gguf
+from wind_jax.models.tokenizer import Tokenizer
 
 __all__ = [
     "LlamaConfig",
@@ -34,4 +32,9 @@ __all__ = [
     "bradley_terry_loss",
     "last_token_index",
     "pool_last",
+    "Tokenizer",
+    "export_hf",
+    "import_gguf",
+    "import_hf",
+    "load_gguf",
 ]
