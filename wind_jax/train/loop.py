@@ -26,6 +26,7 @@ metrics (timings aside).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -223,13 +224,35 @@ class _Timer:
         self.t[name] = self.t.get(name, 0.0) + seconds
 
 
-def _make_optimizer(cfg: LoopConfig) -> optax.GradientTransformation:
-    """clip -> AdamW / RMSprop with the learning rate injected (a per-iteration schedule, no recompile)."""
+@functools.lru_cache(maxsize=None)
+def _optimizer(name: str, max_grad_norm: float, learning_rate: float) -> optax.GradientTransformation:
+    """clip -> AdamW / RMSprop with the learning rate injected (a per-iteration schedule, no recompile).
+    Cached, so loops with equal settings share one object and therefore one compiled train step."""
     def factory(learning_rate):
-        opt = (optax.adamw(learning_rate, weight_decay=0.0) if cfg.optimizer == "adamw"
+        opt = (optax.adamw(learning_rate, weight_decay=0.0) if name == "adamw"
                else optax.rmsprop(learning_rate))
-        return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
-    return optax.inject_hyperparams(factory)(learning_rate=cfg.learning_rate)
+        return optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
+    return optax.inject_hyperparams(factory)(learning_rate=learning_rate)
+
+
+def _make_optimizer(cfg: LoopConfig) -> optax.GradientTransformation:
+    return _optimizer(cfg.optimizer, float(cfg.max_grad_norm), float(cfg.learning_rate))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 6), donate_argnums=(3, 4))
+def _train_step(graphdef, loss_name, tx, state, opt_state, batch, static_items, dynamic, lr):
+    """One policy step (wind_jax.train.steps.policy_step) with the injected learning rate `lr` and traced
+    scheduled hparams `dynamic`. Module level with static (graphdef, loss, optimizer): loops of the same
+    shapes in one process (seeds, a resumed run) reuse the compiled step."""
+    opt_state.hyperparams["learning_rate"] = lr
+    hp = {**dict(static_items), **dynamic}
+    return policy_step(graphdef, state, opt_state, batch, loss_name, hp, optimizer=tx)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _frozen_logprobs(graphdef, state, tokens, response_mask, attention_mask):
+    """Summed response log-probs [B] of a frozen model (no gradient)."""
+    return response_logprobs(nnx.merge(graphdef, state), tokens, response_mask, attention_mask)[0]
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -276,20 +299,14 @@ class AlignmentLoop:
         self.logger = MetricsLogger(self.out_dir, tensorboard=tensorboard)
         self.progress = progress
         self.counters = {"queries": 0, "samples": 0, "global_step": 0}
-        self._train_step = self._build_train_step()
-        self._logprob = jax.jit(lambda s, toks, rm, am: response_logprobs(
-            nnx.merge(self.ref_graphdef, s), toks, rm, am)[0])
 
     # ---------------------------------------------------------------------------- jitted pieces
-    def _build_train_step(self):
-        cfg, graphdef, tx = self.cfg, self.graphdef, self.tx
+    def _train_step(self, state, opt_state, batch, dynamic, static_items, lr):
+        return _train_step(self.graphdef, self.cfg.loss_name, self.tx, state, opt_state, batch, static_items,
+                           dynamic, lr)
 
-        def step(state, opt_state, batch, dynamic, static_items, lr):
-            opt_state.hyperparams["learning_rate"] = lr
-            hp = {**dict(static_items), **dynamic}
-            return policy_step(graphdef, state, opt_state, batch, cfg.loss_name, hp, optimizer=tx)
-
-        return jax.jit(step, static_argnums=(4,), donate_argnums=(0, 1))
+    def _logprob(self, state, tokens, response_mask, attention_mask):
+        return _frozen_logprobs(self.ref_graphdef, state, tokens, response_mask, attention_mask)
 
     def _policy_model(self, state=None):
         module = nnx.merge(self.graphdef, self.state if state is None else state)
