@@ -21,6 +21,7 @@ Query accounting (one query = one Bernoulli duel outcome ell ~ Bernoulli(P[x, y,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -67,6 +68,7 @@ def _wind_pair_draw(key, P, prompts, log_pi, log_ref, log_anchor):
                 counts=c1 + c2)
 
 
+@functools.cache
 def _sppo_draw(K):
     def draw(key, P, prompts, log_pi, log_ref, log_anchor):
         k1, k2 = jax.random.split(key)
@@ -102,6 +104,7 @@ def _jbond_draw(key, P, prompts, log_pi, log_ref, log_anchor):
     )
 
 
+@functools.cache
 def _bon_draw(n):
     def draw(key, P, prompts, log_pi, log_ref, log_anchor):
         k1, k2 = jax.random.split(key)
@@ -112,6 +115,7 @@ def _bon_draw(n):
     return draw
 
 
+@functools.cache
 def _best_worst_draw(n, source):
     def draw(key, P, prompts, log_pi, log_ref, log_anchor):
         k1, k2 = jax.random.split(key)
@@ -259,12 +263,19 @@ def init_state(theta_ref, num_contexts: int, key: Array) -> LoopState:
     return LoopState(params, theta_ref, env_lib.Counts.zero(), key)
 
 
-def make_outer_step(policy, method: Method, batch_size: int, optimizer, num_inner: int, loss_spec=None):
-    """Pure outer iteration of `method`: step(state, P, theta_ref) -> (state, info); jit it, vmap it over
-    LoopState for seeds. The game (P [X, Y, Y], pi_ref = pi_{theta_ref} = pi_0) is an argument, so one
-    compiled step serves every game of the same shape. info: {"loss_trace": [num_inner]}.
-    `loss_spec` defaults to wind_jax.losses.get_loss(method.loss).
-    """
+STATIC_HPARAMS = ("n", "sigmoid")  # read as Python numbers by the losses (BoNBoN's margin, its variant)
+
+
+class MethodParams(NamedTuple):
+    """The numbers of a method that enter its compiled program as ARGUMENTS (float32 scalars), so methods that
+    differ only in them (e.g. sppo and sppo_beta) share one compiled program and no call recompiles."""
+
+    hparams: dict[str, Array]  # loss hparams except STATIC_HPARAMS
+    anchor_ema: Array
+    ref_mixing: Array
+
+
+def _loss_setup(method: Method, batch_size: int, num_inner: int, loss_spec):
     if loss_spec is None:
         from wind_jax import losses
 
@@ -276,7 +287,26 @@ def make_outer_step(policy, method: Method, batch_size: int, optimizer, num_inne
     unknown = sorted(set(method.hparams) - set(loss_spec.defaults))
     if unknown:
         raise ValueError(f"method {method.name!r}: hparams {unknown} are not hparams of loss {loss_spec.name!r}")
-    hparams = {**dict(loss_spec.defaults), **dict(method.hparams)}
+    return loss_spec, {**dict(loss_spec.defaults), **dict(method.hparams)}
+
+
+def method_params(method: Method, loss_spec=None) -> MethodParams:
+    """`method`'s dynamic numbers as float32 arrays (the `params` argument of `make_run`'s run)."""
+    loss_spec, hp = _loss_setup(method, 1, 1, loss_spec)
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    return MethodParams({k: f32(v) for k, v in hp.items() if k not in STATIC_HPARAMS},
+                        f32(method.anchor_ema), f32(method.ref_mixing))
+
+
+def compile_key(method: Method) -> tuple:
+    """Methods with equal keys (and equal batch sizes) run the same program with different `method_params`."""
+    return (method.draw, method.loss, tuple(sorted((k, float(v)) for k, v in method.hparams.items()
+                                                   if k in STATIC_HPARAMS)))
+
+
+def _outer_step(policy, method: Method, mp, batch_size: int, optimizer, num_inner: int, loss_spec, hparams):
+    """One outer iteration (see the module docstring); `mp` holds the dynamic numbers (MethodParams or floats)."""
+    hparams = {**hparams, **dict(mp.hparams)}
     X = policy.shape[0]
 
     def step(state: LoopState, P: Array, theta_ref):
@@ -289,18 +319,117 @@ def make_outer_step(policy, method: Method, batch_size: int, optimizer, num_inne
         tables = {"prev": log_pi, "ref": log_ref, "anchor": log_anchor}
         batch = assemble_batch(draw, tables, loss_spec.batch_keys)
         params, trace = fit(policy, state.params, draw, batch, loss_spec, hparams, optimizer, num_inner)
-        anchor = state.anchor
-        if method.anchor_ema > 0:
-            lam = method.anchor_ema
-            anchor = jax.tree.map(lambda a, t: (1 - lam) * a + lam * t, anchor, params["policy"])
-        if method.ref_mixing > 0:
-            a = method.ref_mixing
-            mixed = jax.tree.map(lambda p, r: (1 - a) * p + a * r, params["policy"], theta_ref)
-            params = {**params, "policy": mixed}
+        # J-BOND's EMA anchor (lam = 0: unchanged) and Alg. 1's geometric mixing (alpha = 0: unchanged).
+        lam, a = mp.anchor_ema, mp.ref_mixing
+        anchor = jax.tree.map(lambda u, t: (1 - lam) * u + lam * t, state.anchor, params["policy"])
+        mixed = jax.tree.map(lambda p, r: (1 - a) * p + a * r, params["policy"], theta_ref)
+        params = {**params, "policy": mixed}
         counts = state.counts + c0 + draw.counts
         return LoopState(params, anchor, counts, key), {"loss_trace": trace}
 
     return step
+
+
+def make_outer_step(policy, method: Method, batch_size: int, optimizer, num_inner: int, loss_spec=None):
+    """Pure outer iteration of `method`: step(state, P, theta_ref) -> (state, info); jit it, vmap it over
+    LoopState for seeds. The game (P [X, Y, Y], pi_ref = pi_{theta_ref} = pi_0) is an argument, so one
+    compiled step serves every game of the same shape. info: {"loss_trace": [num_inner]}.
+    `loss_spec` defaults to wind_jax.losses.get_loss(method.loss). For whole runs use `make_run`.
+    """
+    loss_spec, hparams = _loss_setup(method, batch_size, num_inner, loss_spec)
+    mp = MethodParams({}, method.anchor_ema, method.ref_mixing)
+    return _outer_step(policy, method, mp, batch_size, optimizer, num_inner, loss_spec, hparams)
+
+
+METRICS = ("kl_to_equilibrium", "exploitability", "win_rate_vs_ref", "kl_to_ref")
+
+
+class RunOutput(NamedTuple):
+    """A whole run, per seed: metrics[name] [S, T+1] (index 0 = pi_0; zeros when record=False), exact
+    cumulative counts samples / queries [S, T+1], the last inner-fit loss of each outer iteration [S, T]."""
+
+    state: LoopState
+    metrics: dict[str, Array]
+    samples: Array
+    queries: Array
+    fit_loss: Array
+
+
+def make_run(method: Method, batch_size: int, optimizer, num_inner: int, num_outer: int, loss_spec=None):
+    """A whole run of `method` as ONE pure function (jit it once; lax.scan over the outer iterations, vmap
+    over seeds):
+
+        run(policy, params, states, P, theta_ref, pi_star, record, num_iterations) -> RunOutput
+
+    policy: a LogLinearPolicy / MLPPolicy (a pytree: its features are an argument, so every feature table,
+    game and pi_ref of the same shapes reuses the compiled program); params = method_params(method);
+    states: LoopState batched over seeds (leading axis S); record: bool array, False skips the exact
+    metrics (lax.cond; zeros are recorded); num_iterations: int array <= num_outer, iterations past it are
+    skipped (lax.cond) and leave the state unchanged. record=False with a small num_iterations times the
+    algorithm alone without another compiled program. With num_iterations = num_outer it equals
+    `num_outer` calls of make_outer_step's step, recording exact_metrics after each.
+    """
+    loss_spec, hparams = _loss_setup(method, batch_size, num_inner, loss_spec)
+    if num_outer < 1:
+        raise ValueError(f"num_outer must be >= 1, got {num_outer}")
+    static_hparams = {k: v for k, v in hparams.items() if k in STATIC_HPARAMS}
+
+    def one_seed(policy, mp, state, P, theta_ref, pi_star, record, num_iterations):
+        step = _outer_step(policy, method, mp, batch_size, optimizer, num_inner, loss_spec, static_hparams)
+        log_ref = policy.log_probs(theta_ref)
+
+        def metrics(st):
+            return jax.lax.cond(
+                record,
+                lambda: exact_metrics(policy.log_probs(st.params["policy"]), log_ref, P, pi_star),
+                lambda: {k: jnp.zeros((), jnp.float32) for k in METRICS})
+
+        def body(st, t):
+            st, loss = jax.lax.cond(t < num_iterations,
+                                    lambda: (lambda s, i: (s, i["loss_trace"][-1]))(*step(st, P, theta_ref)),
+                                    lambda: (st, jnp.zeros((), jnp.float32)))
+            return st, (metrics(st), st.counts, loss)
+
+        final, (ms, counts, fit_loss) = jax.lax.scan(body, state, jnp.arange(num_outer))
+        m0 = metrics(state)
+        cat = lambda first, rest: jnp.concatenate([first[None], rest])  # noqa: E731
+        return RunOutput(final, {k: cat(m0[k], ms[k]) for k in METRICS},
+                         cat(state.counts.samples, counts.samples), cat(state.counts.queries, counts.queries),
+                         fit_loss)
+
+    return jax.vmap(one_seed, in_axes=(None, None, 0, None, None, None, None, None))
+
+
+def best_in_class_kl(policy, theta0, pi_star: Array, num_steps: int = 3000, learning_rate: float = 0.05):
+    """min over theta of mean_x KL(pi*_beta || pi_theta), by `num_steps` Adam steps (cosine-decayed learning
+    rate, lax.scan) from theta0: the floor a policy class puts under KL(pi*_beta || pi) for every method.
+    Convex in theta for log-linear policies (a maximum-likelihood fit to pi*_beta); for the MLP it is the best
+    value found. Jittable (policy is a pytree). Returns (theta, min KL over the trajectory) -- the KL is of
+    the returned theta."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    star = jnp.asarray(pi_star, jnp.float32)
+    neg_entropy = jnp.mean(jnp.sum(jnp.where(star > 0, star * jnp.log(jnp.where(star > 0, star, 1.0)), 0.0), -1))
+
+    def kl(theta):  # mean_x sum_y pi* (log pi* - log pi_theta)
+        return neg_entropy - jnp.mean(jnp.sum(star * policy.log_probs(theta), -1))
+
+    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
+    value_and_grad = jax.value_and_grad(kl)
+
+    def step(carry, _):
+        theta, s, best, best_kl = carry
+        value, g = value_and_grad(theta)
+        better = value < best_kl
+        best = jax.tree.map(lambda b, t: jnp.where(better, t, b), best, theta)
+        updates, s = opt.update(g, s, theta)
+        return (optax.apply_updates(theta, updates), s, best, jnp.minimum(value, best_kl)), None
+
+    init = (theta0, opt.init(theta0), theta0, jnp.asarray(jnp.inf, jnp.float32))
+    (theta, _, best, best_kl), _ = jax.lax.scan(step, init, None, length=num_steps)
+    last = kl(theta)
+    better = last < best_kl
+    return jax.tree.map(lambda b, t: jnp.where(better, t, b), best, theta), jnp.minimum(last, best_kl)
 
 
 def exact_metrics(log_pi: Array, log_ref: Array, P: Array, pi_star: Array) -> dict[str, Array]:

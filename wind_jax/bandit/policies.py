@@ -9,6 +9,10 @@ against wind_jax.games need no sampling). Parameters are plain pytrees, so they 
   hence the equilibrium pi*_beta, lies in the family. `kind="misspecified"`: D low-dimensional Gaussian
   features only: pi*_beta is in general NOT in the family.
 - MLPPolicy: f = MLP(phi(x, y)) (Flax NNX module, split into graphdef + state; the state is the params).
+
+Both policy classes are JAX pytrees whose only leaf is `features` (the rest is static): pass a policy as an
+ARGUMENT of a jitted function and one compiled program serves every feature table of the same shape
+(e.g. realizable and zero-padded misspecified features, see `pad_features`).
 """
 from __future__ import annotations
 
@@ -41,6 +45,23 @@ def random_features(
     raise ValueError(f"kind must be 'realizable' or 'misspecified', got {kind!r}")
 
 
+def pad_features(features: jax.Array, dim: int) -> jax.Array:
+    """Zero-pad features [X, Y, D] to width `dim` >= D. The policy family is unchanged: logits ignore the
+    padded coordinates and their gradient is exactly zero, so they never move under any optimizer step
+    that maps a zero gradient to a zero update (SGD, Adam). Lets two feature sets share compiled code."""
+    if features.ndim != 3:
+        raise ValueError(f"features must have shape [X, Y, D], got {features.shape}")
+    if dim < features.shape[-1]:
+        raise ValueError(f"dim={dim} must be >= the feature width {features.shape[-1]}")
+    return jnp.pad(features, ((0, 0), (0, 0), (0, dim - features.shape[-1])))
+
+
+def _check_features(features) -> None:
+    # Unflattening a pytree may pass placeholders instead of arrays: validate only array-likes.
+    if hasattr(features, "ndim") and features.ndim != 3:
+        raise ValueError(f"features must have shape [X, Y, D], got {features.shape}")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LogLinearPolicy:
     """pi_theta(y|x) ∝ exp(theta . phi(x, y)); params = theta [D]. Initial theta ~ N(0, init_scale^2)."""
@@ -49,8 +70,7 @@ class LogLinearPolicy:
     init_scale: float = 1.0
 
     def __post_init__(self):
-        if self.features.ndim != 3:
-            raise ValueError(f"features must have shape [X, Y, D], got {self.features.shape}")
+        _check_features(self.features)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -86,8 +106,7 @@ class MLPPolicy:
     logit_scale: float = 3.0
 
     def __post_init__(self):
-        if self.features.ndim != 3:
-            raise ValueError(f"features must have shape [X, Y, D], got {self.features.shape}")
+        _check_features(self.features)
         if self.hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {self.hidden}")
 
@@ -107,3 +126,7 @@ class MLPPolicy:
     def log_probs(self, params: Any) -> jax.Array:
         model = nnx.merge(self._graphdef, params)
         return jax.nn.log_softmax(self.logit_scale * model(self.features), axis=-1)
+
+
+jax.tree_util.register_dataclass(LogLinearPolicy, data_fields=["features"], meta_fields=["init_scale"])
+jax.tree_util.register_dataclass(MLPPolicy, data_fields=["features"], meta_fields=["hidden", "logit_scale"])
