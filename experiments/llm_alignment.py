@@ -5,8 +5,9 @@
     python -m experiments.llm_alignment --config.task=real                 # SmolLM2-135M-Instruct GGUF, judge
 
 Synthetic task (default, no downloads): a small wind_jax Transformer is pre-trained (maximum likelihood) on
-the synthetic language of wind_jax.train.synthetic; a pairwise preference head (Bradley-Terry score plus a
-skew-symmetric bilinear term, so P(a,b) + P(b,a) = 1) is trained from gold comparisons; then T outer
+the synthetic language of wind_jax.train.synthetic; a pairwise preference head
+(wind_jax.models.PreferenceHead: a Bradley-Terry score plus a rank-r skew-symmetric term pooled at the last
+real token, so P(a,b) + P(b,a) = 1 by construction) is trained from gold comparisons; then T outer
 iterations of the chosen method run with the head as the training oracle. Evaluation uses the gold
 preference (known only to the evaluator): win rate of pi_t vs pi_ref, KL(pi_t || pi_ref), queries, samples,
 wall time. The pre-trained base and head are cached in <out_dir>/setup; the loop checkpoints in
@@ -19,6 +20,7 @@ prompts and short responses (the `real` defaults).
 """
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.util
 import json
@@ -29,12 +31,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import app, logging
 from flax import nnx
 from ml_collections import config_flags
 
 from experiments.configs import llm_alignment as config_lib
-from wind_jax.models import LlamaConfig, Transformer
+from wind_jax.models import LlamaConfig, PreferenceHead, Transformer
 from wind_jax.train.checkpoint import Checkpointer, flatten_config
 from wind_jax.train.loop import AlignmentLoop, ArrayPrompts, FunctionPrompts, LoopConfig, plot_methods
 from wind_jax.train.oracle import GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate, Tokens
@@ -70,27 +73,16 @@ def model_config(c, lang: SyntheticLanguage) -> LlamaConfig:
 
 
 # ------------------------------------------------------------------------------ preference head model
-class PairwisePreferenceModel(nnx.Module):
-    """logit P(a beats b) = s(a) - s(b) + f(a)^T (W - W^T) f(b) on the last real token's hidden state:
-    a Bradley-Terry score plus a skew-symmetric (non-transitive) part; antisymmetric by construction."""
+class _PairLogit(nnx.Module):
+    """Adapter exposing PreferenceHead.logit as `pair_logit`, the method wind_jax.train.steps.reward_step
+    dispatches on (PreferenceHead has a `score` sub-layer, which pair_logits would otherwise mistake for a
+    Bradley-Terry reward model's score(tokens, mask))."""
 
-    def __init__(self, config: LlamaConfig, feature_dim: int, *, rngs: nnx.Rngs):
-        self.backbone = Transformer(config, rngs=rngs)
-        d = config.hidden_size
-        self.score = nnx.Linear(d, 1, rngs=rngs)
-        self.features = nnx.Linear(d, feature_dim, rngs=rngs)
-        self.skew = nnx.Param(jnp.zeros((feature_dim, feature_dim), jnp.float32))
-
-    def _last(self, tokens, mask):
-        h = self.backbone.hidden(tokens, attention_mask=mask).astype(jnp.float32)
-        last = tokens.shape[1] - 1 - jnp.argmax(mask[:, ::-1].astype(jnp.int32), axis=1)
-        return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    def __init__(self, head: PreferenceHead):
+        self.head = head
 
     def pair_logit(self, ta, ma, tb, mb):
-        ha, hb = self._last(ta, ma), self._last(tb, mb)
-        s = self.skew[...] - self.skew[...].T
-        return (self.score(ha)[:, 0] - self.score(hb)[:, 0]
-                + jnp.einsum("bi,ij,bj->b", self.features(ha), s, self.features(hb)))
+        return self.head.logit(ta, ma, tb, mb)
 
 
 def _seq(prompt: Tokens, resp: Tokens):
@@ -98,54 +90,60 @@ def _seq(prompt: Tokens, resp: Tokens):
 
 
 # ------------------------------------------------------------------------------ synthetic set-up
+@functools.lru_cache(maxsize=None)
+def _adamw(learning_rate: float):
+    """One optax object per learning rate, so the jitted set-up steps below are compiled once per process."""
+    return optax.adamw(learning_rate)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _pretrain_step(graphdef, lang, batch_size, tx, state, opt, key):
+    tokens, rmask, amask = lang.pretraining_batch(key, batch_size)
+    batch = {"tokens": {"y": tokens}, "response_mask": {"y": rmask}, "attention_mask": {"y": amask}}
+    return policy_step(graphdef, state, opt, batch, "bon_distill", {}, optimizer=tx)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _head_step(graphdef, lang, batch_size, soft_targets, tx, state, opt, key):
+    kp, ka, kb, kl = jax.random.split(key, 4)
+    x = lang.sample_prompts(kp, batch_size)
+    a, ma = lang.sample_reference_responses(ka, x)
+    b, mb = lang.sample_reference_responses(kb, x)
+    p = lang.gold_preference(x, a, ma, b, mb)
+    target = p if soft_targets else jax.random.bernoulli(kl, p).astype(jnp.float32)
+    X = Tokens(x, jnp.ones_like(x, bool))
+    (ta, am), (tb, bm) = _seq(X, Tokens(a, ma)), _seq(X, Tokens(b, mb))
+    batch = {"tokens": {"chosen": ta, "rejected": tb}, "attention_mask": {"chosen": am, "rejected": bm},
+             "target": target}
+    return reward_step(graphdef, state, opt, batch, optimizer=tx)
+
+
 def pretrain_policy(c, lang, key):
     """Maximum likelihood on the reference process (the bon_distill loss = NLL of the response)."""
-    import optax
     model = Transformer(model_config(c, lang), rngs=nnx.Rngs(int(jax.random.randint(key, (), 0, 2**30))))
     graphdef, state = nnx.split(model)
-    tx = optax.adamw(c.pretrain.learning_rate)
+    tx = _adamw(float(c.pretrain.learning_rate))
     opt = tx.init(nnx.split_state(state, nnx.Param, ...)[0])
-
-    @jax.jit
-    def step(state, opt, k):
-        tokens, rmask, amask = lang.pretraining_batch(k, c.pretrain.batch_size)
-        batch = {"tokens": {"y": tokens}, "response_mask": {"y": rmask}, "attention_mask": {"y": amask}}
-        return policy_step(graphdef, state, opt, batch, "bon_distill", {}, optimizer=tx)
-
     nll = None
     for i in range(c.pretrain.steps):
-        state, opt, m = step(state, opt, jax.random.fold_in(key, i))
+        state, opt, m = _pretrain_step(graphdef, lang, int(c.pretrain.batch_size), tx, state, opt,
+                                       jax.random.fold_in(key, i))
         nll = m["loss"]
     return nnx.merge(graphdef, state), float(nll)
 
 
 def train_head(c, lang, key):
-    """Pairwise preference head from gold comparisons of reference-process responses."""
-    import optax
-    model = PairwisePreferenceModel(model_config(c, lang), c.head.feature_dim,
-                                    rngs=nnx.Rngs(int(jax.random.randint(key, (), 0, 2**30))))
-    graphdef, state = nnx.split(model)
-    tx = optax.adamw(c.head.learning_rate)
+    """Pairwise preference head (wind_jax.models.PreferenceHead) from gold comparisons of
+    reference-process responses (soft targets P_gold, or Bernoulli outcomes)."""
+    head = PreferenceHead(model_config(c, lang), rank=c.head.rank,
+                          rngs=nnx.Rngs(int(jax.random.randint(key, (), 0, 2**30))))
+    graphdef, state = nnx.split(_PairLogit(head))
+    tx = _adamw(float(c.head.learning_rate))
     opt = tx.init(nnx.split_state(state, nnx.Param, ...)[0])
-    bs = c.head.batch_size
-
-    @jax.jit
-    def step(state, opt, k):
-        kp, ka, kb, kl = jax.random.split(k, 4)
-        x = lang.sample_prompts(kp, bs)
-        a, ma = lang.sample_reference_responses(ka, x)
-        b, mb = lang.sample_reference_responses(kb, x)
-        p = lang.gold_preference(x, a, ma, b, mb)
-        target = p if c.head.soft_targets else jax.random.bernoulli(kl, p).astype(jnp.float32)
-        X = Tokens(x, jnp.ones_like(x, bool))
-        (ta, am), (tb, bm) = _seq(X, Tokens(a, ma)), _seq(X, Tokens(b, mb))
-        batch = {"tokens": {"chosen": ta, "rejected": tb}, "attention_mask": {"chosen": am, "rejected": bm},
-                 "target": target}
-        return reward_step(graphdef, state, opt, batch, optimizer=tx)
-
     for i in range(c.head.steps):
-        state, opt, m = step(state, opt, jax.random.fold_in(key, i))
-    return nnx.merge(graphdef, state)
+        state, opt, _ = _head_step(graphdef, lang, int(c.head.batch_size), bool(c.head.soft_targets), tx,
+                                   state, opt, jax.random.fold_in(key, i))
+    return nnx.merge(graphdef, state).head
 
 
 def head_accuracy(head, lang, key, n=1024) -> float:
@@ -159,15 +157,16 @@ def head_accuracy(head, lang, key, n=1024) -> float:
     return float(jnp.mean((p_head > 0.5) == (p_gold > 0.5)))
 
 
-def head_prob_fn(head: PairwisePreferenceModel):
+@functools.partial(jax.jit, static_argnums=0)
+def _head_prob(graphdef, state, pt, pm, at, am, bt, bm):
+    (ta, ma), (tb, mb) = _seq(Tokens(pt, pm), Tokens(at, am)), _seq(Tokens(pt, pm), Tokens(bt, bm))
+    return nnx.merge(graphdef, state)(ta, ma, tb, mb)
+
+
+def head_prob_fn(head: PreferenceHead):
+    """(prompt, a, b) Tokens -> P(a beats b) [B] from the head on [prompt | response] sequences."""
     graphdef, state = nnx.split(head)
-
-    @jax.jit
-    def prob(state, pt, pm, at, am, bt, bm):
-        (ta, ma), (tb, mb) = _seq(Tokens(pt, pm), Tokens(at, am)), _seq(Tokens(pt, pm), Tokens(bt, bm))
-        return jax.nn.sigmoid(nnx.merge(graphdef, state).pair_logit(ta, ma, tb, mb))
-
-    return lambda p, a, b: prob(state, p.tokens, p.mask, a.tokens, a.mask, b.tokens, b.mask)
+    return lambda p, a, b: _head_prob(graphdef, state, p.tokens, p.mask, a.tokens, a.mask, b.tokens, b.mask)
 
 
 def synthetic_setup(c, out_dir):
@@ -178,7 +177,7 @@ def synthetic_setup(c, out_dir):
     ck = Checkpointer(os.path.join(out_dir, "setup"), config=setup_cfg, max_to_keep=1, async_save=False)
     mcfg = model_config(c, lang)
     policy = Transformer(mcfg, rngs=nnx.Rngs(0))
-    head = PairwisePreferenceModel(mcfg, c.head.feature_dim, rngs=nnx.Rngs(0))
+    head = PreferenceHead(mcfg, rank=c.head.rank, rngs=nnx.Rngs(0))
     if ck.latest_step() is not None:
         target = {"policy": nnx.split(policy)[1], "head": nnx.split(head)[1]}
         state, meta, _ = ck.restore(target=_leaves(target))

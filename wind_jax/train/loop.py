@@ -200,6 +200,17 @@ def _abstract(tree):
                         tree)
 
 
+def _committed(tree):
+    """Arrays committed to their current sharding (a jit cache key includes committedness)."""
+    return jax.tree.map(lambda x: jax.device_put(x, jnp.asarray(x).sharding), tree)
+
+
+def _owned(tree):
+    """Copies of the arrays, committed to their current sharding. Restored checkpoints come back committed;
+    starting committed too keeps one compiled step / sampler for a fresh and a resumed run."""
+    return jax.tree.map(lambda x: jax.device_put(jnp.copy(x), x.sharding), tree)
+
+
 def _rows(x: Tokens, idx) -> Tokens:
     return Tokens(x.tokens[idx], x.mask[idx])
 
@@ -284,14 +295,14 @@ class AlignmentLoop:
         self.model_config = policy.config
         ref_model = reference if reference is not None else policy
         self.ref_graphdef, self.ref_state = nnx.split(ref_model)
-        self.ref_state = jax.tree.map(jnp.copy, self.ref_state)
+        self.ref_state = _owned(self.ref_state)
         module = PolicyWithOffset(policy, rngs=nnx.Rngs(config.seed)) if config.method in _NEEDS_OFFSET \
             else policy
         self.graphdef, self.state = nnx.split(module)
-        self.state = jax.tree.map(jnp.copy, self.state)  # steps donate it: keep the caller's model intact
+        self.state = _owned(self.state)  # steps donate it: keep the caller's model intact
         self.tx = _make_optimizer(config)
-        self.opt_state = self.tx.init(nnx.split_state(self.state, nnx.Param, ...)[0])
-        self.anchor_state = (jax.tree.map(jnp.copy, self.ref_state) if config.method == "jbond" else None)
+        self.opt_state = self._init_opt_state()
+        self.anchor_state = (_owned(self.ref_state) if config.method == "jbond" else None)
         self.key = jax.random.key(config.seed)
         self.run_config = {"loop": dataclasses.asdict(config), **(dict(run_config or {}))}
         self.ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"), config=self.run_config,
@@ -307,6 +318,13 @@ class AlignmentLoop:
 
     def _logprob(self, state, tokens, response_mask, attention_mask):
         return _frozen_logprobs(self.ref_graphdef, state, tokens, response_mask, attention_mask)
+
+    def _init_opt_state(self):
+        """Fresh optimizer state; the injected learning rate is stored as a strong float32 (the step returns
+        it so), so the first and later steps share one compiled train step."""
+        opt_state = self.tx.init(nnx.split_state(self.state, nnx.Param, ...)[0])
+        opt_state.hyperparams["learning_rate"] = jnp.float32(self.cfg.learning_rate)
+        return _committed(opt_state)
 
     def _policy_model(self, state=None):
         module = nnx.merge(self.graphdef, self.state if state is None else state)
@@ -518,8 +536,8 @@ class AlignmentLoop:
                 prompts = self.prompts.get(t * cfg.prompts_per_iteration, cfg.prompts_per_iteration)
                 batch = self.build_batch(t, prompts, jax.random.fold_in(it_key, 0))
                 if cfg.reset_optimizer:
-                    self.opt_state = self.tx.init(nnx.split_state(self.state, nnx.Param, ...)[0])
-            batch = jax.tree.map(jnp.asarray, batch)
+                    self.opt_state = self._init_opt_state()
+            batch = _committed(batch)
             n_rows = next(iter(batch["tokens"].values())).shape[0]
             static_items = tuple(sorted(static.items()))
             dyn = {k: jnp.float32(v) for k, v in dynamic.items()}
