@@ -34,15 +34,15 @@ def random_features(
         raise ValueError(f"need num_contexts >= 1 and num_responses >= 2, got {num_contexts}, {num_responses}")
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
+    if kind not in ("realizable", "misspecified"):
+        raise ValueError(f"kind must be 'realizable' or 'misspecified', got {kind!r}")
     gauss = jax.random.normal(key, (num_contexts, num_responses, dim), jnp.float32) / jnp.sqrt(dim)
     if kind == "misspecified":
         return gauss
-    if kind == "realizable":
-        onehot = jnp.eye(num_contexts * num_responses, dtype=jnp.float32).reshape(
-            num_contexts, num_responses, num_contexts * num_responses
-        )
-        return jnp.concatenate([onehot, gauss], axis=-1)
-    raise ValueError(f"kind must be 'realizable' or 'misspecified', got {kind!r}")
+    onehot = jnp.eye(num_contexts * num_responses, dtype=jnp.float32).reshape(
+        num_contexts, num_responses, num_contexts * num_responses
+    )
+    return jnp.concatenate([onehot, gauss], axis=-1)
 
 
 def pad_features(features: jax.Array, dim: int) -> jax.Array:
