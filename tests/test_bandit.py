@@ -150,19 +150,19 @@ def test_every_method_counts_exactly(monkeypatch):
         out = {}
         for name, m in methods.items():
             produced.update(samples=0, queries=0)
-            out[name] = m.draw(key, P, prompts, log_pi, log_pi, log_pi)
+            draw = m.draw(key, P, prompts, log_pi, log_pi, log_pi)
             traced[name] = dict(produced)
+            spec = losses.get_loss(m.loss)
+            batch = algorithms.assemble_batch(draw, {"prev": log_pi, "ref": log_pi, "anchor": log_pi},
+                                              spec.batch_keys)
+            out[name] = (draw, batch, algorithms.policy_logps(log_pi, jnp.zeros(X), draw, spec.policy_keys))
         return out
 
-    draws = all_draws(jax.random.key(3))
-    for name, m in methods.items():
-        draw = draws[name]
+    for name, (draw, batch, logps) in all_draws(jax.random.key(3)).items():
+        m = methods[name]
         assert int(draw.counts.samples) == traced[name]["samples"] == B * m.samples_per_prompt, name
         assert int(draw.counts.queries) == traced[name]["queries"] == B * m.queries_per_prompt, name
-        spec = losses.get_loss(m.loss)
-        batch = algorithms.assemble_batch(draw, {"prev": log_pi, "ref": log_pi, "anchor": log_pi}, spec.batch_keys)
-        logps = algorithms.policy_logps(log_pi, jnp.zeros(X), draw, spec.policy_keys)
-        losses.compute_loss(spec, logps, batch, m.hparams)  # keys, shapes, target ranges validated
+        losses.compute_loss(m.loss, logps, batch, m.hparams)  # keys, shapes, target ranges validated
 
 
 # ------------------------------------------------------------------------- fitted step = exact WIND step
