@@ -275,8 +275,9 @@ def main(argv):
 
     # 2. Runs: every method on every setting, one call each.
     results = {"config": {**cfg, **{k: FLAGS[k].value for k in (
-        "num_contexts", "num_responses", "misspecified_dim", "beta", "eta", "preference_scale", "budget", "eps", "seed", "scale",
-        "timing_reps")}, "budget_per_iter": budget, "settings": settings}, "settings": {}, "timing": {}}
+        "num_contexts", "num_responses", "misspecified_dim", "beta", "eta", "preference_scale", "budget", "eps",
+        "seed", "scale", "timing_reps", "timing_iterations")}, "budget_per_iter": budget, "settings": settings},
+        "settings": {}, "timing": {}}
     for setting in settings:
         P, policy, theta_ref, pi_ref, pi_star64, pi_star, states = setup[setting]
         pc = POLICY_CLASS[setting.split("/")[1]]
