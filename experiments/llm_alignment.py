@@ -76,18 +76,6 @@ def model_config(c, lang: SyntheticLanguage) -> LlamaConfig:
 
 
 # ------------------------------------------------------------------------------ preference head model
-class _PairLogit(nnx.Module):
-    """Adapter exposing PreferenceHead.logit as `pair_logit`, the method wind_jax.train.steps.reward_step
-    dispatches on (PreferenceHead has a `score` sub-layer, which pair_logits would otherwise mistake for a
-    Bradley-Terry reward model's score(tokens, mask))."""
-
-    def __init__(self, head: PreferenceHead):
-        self.head = head
-
-    def pair_logit(self, ta, ma, tb, mb):
-        return self.head.logit(ta, ma, tb, mb)
-
-
 def _seq(prompt: Tokens, resp: Tokens):
     return (jnp.concatenate([prompt.tokens, resp.tokens], 1), jnp.concatenate([prompt.mask, resp.mask], 1))
 
@@ -140,13 +128,13 @@ def train_head(c, lang, key):
     reference-process responses (soft targets P_gold, or Bernoulli outcomes)."""
     head = PreferenceHead(model_config(c, lang), rank=c.head.rank,
                           rngs=nnx.Rngs(int(jax.random.randint(key, (), 0, 2**30))))
-    graphdef, state = nnx.split(_PairLogit(head))
+    graphdef, state = nnx.split(head)
     tx = _adamw(float(c.head.learning_rate))
     opt = tx.init(nnx.split_state(state, nnx.Param, ...)[0])
     for i in range(c.head.steps):
         state, opt, _ = _head_step(graphdef, lang, int(c.head.batch_size), bool(c.head.soft_targets), tx,
                                    state, opt, jax.random.fold_in(key, i))
-    return nnx.merge(graphdef, state).head
+    return nnx.merge(graphdef, state)
 
 
 def head_accuracy(head, lang, key, n=1024) -> float:

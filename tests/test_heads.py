@@ -66,8 +66,8 @@ def test_bradley_terry_training_step_lowers_loss():
 
 @nnx.jit
 def _prefs(head, a, b, c):
-    return head.logit(a, None, b, None), head.logit(b, None, a, None), head.logit(b, None, c, None), \
-        head.logit(c, None, a, None), head(a, None, b, None), head(b, None, a, None), head(a, None, a, None)
+    return head.pair_logit(a, None, b, None), head.pair_logit(b, None, a, None), head.pair_logit(b, None, c, None), \
+        head.pair_logit(c, None, a, None), head(a, None, b, None), head(b, None, a, None), head(a, None, a, None)
 
 
 def test_preference_head_antisymmetry_and_cycles():
@@ -87,7 +87,7 @@ def test_preference_head_antisymmetry_and_cycles():
     both = nnx.jit(lambda m, x, y: m(x, None, y, None) + m(y, None, x, None))(head, short, B)
     np.testing.assert_allclose(both, 1.0, atol=1e-6)
     with pytest.raises(ValueError, match="batch"):
-        head.logit(A[:2], None, B, None)
+        head.pair_logit(A[:2], None, B, None)
     with pytest.raises(ValueError, match="rank"):
         PreferenceHead(CONFIG, rank=-1, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="backbone"):

@@ -8,7 +8,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from wind_jax import sharding, train
-from wind_jax.models import LlamaConfig, Transformer, sequence_logprobs
+from wind_jax.models import LlamaConfig, RewardHead, Transformer, sequence_logprobs
 
 CFG = LlamaConfig.tiny(num_layers=1, hidden_size=32, intermediate_size=64, vocab_size=64)
 B, T, PROMPT = 8, 10, 4
@@ -150,23 +150,14 @@ def test_logprob_step_matches_sequence_logprobs():
         np.testing.assert_allclose(np.asarray(out[n]), np.asarray(ref), rtol=1e-5, atol=1e-4)
 
 
-class _BTReward(nnx.Module):
-    """Bradley-Terry reward model for the test: linear score on the last real token's hidden state."""
-
-    def __init__(self):
-        self.backbone = make_model()
-        self.head = nnx.Linear(CFG.hidden_size, 1, rngs=nnx.Rngs(2))
-
-    def score(self, tokens, attention_mask):
-        h = self.backbone.hidden(tokens, attention_mask=attention_mask)
-        last = jnp.sum(attention_mask, axis=1) - 1
-        return self.head(jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0])[:, 0]
+def _bt_reward():
+    return RewardHead(make_model(), rngs=nnx.Rngs(2))
 
 
 @pytest.mark.slow
 def test_reward_step_bradley_terry_loss_and_learning():
     mesh = sharding.make_mesh((2, 2, 2))
-    graphdef, state = sharding.create_sharded_state(_BTReward, mesh)
+    graphdef, state = sharding.create_sharded_state(_bt_reward, mesh)
     tx = train.make_optimizer(train.OptimizerConfig(learning_rate=3e-3))
     opt_state = train.init_optimizer_state(tx, state, mesh)
     batch = make_batch(6)

@@ -58,9 +58,13 @@ class RewardHead(nnx.Module):
         h = pool_last(self.backbone.hidden(tokens, attention_mask=attention_mask), attention_mask)
         return self.score(h)[:, 0]
 
+    def pair_logit(self, tokens_a, mask_a, tokens_b, mask_b) -> Array:
+        """Bradley-Terry logit r(a) - r(b) of P(a beats b), [B] float32."""
+        return self(tokens_a, mask_a) - self(tokens_b, mask_b)
+
     def preference(self, tokens_a, mask_a, tokens_b, mask_b) -> Array:
         """Bradley-Terry P(a beats b) = sigmoid(r(a) - r(b)), [B] float32."""
-        return jax.nn.sigmoid(self(tokens_a, mask_a) - self(tokens_b, mask_b))
+        return jax.nn.sigmoid(self.pair_logit(tokens_a, mask_a, tokens_b, mask_b))
 
 
 def bradley_terry_loss(reward_chosen: Array, reward_rejected: Array) -> Array:
@@ -99,8 +103,8 @@ class PreferenceHead(nnx.Module):
             return (r[:b], None if u is None else u[:b]), (r[b:], None if u is None else u[b:])
         return self.features(tokens_a, mask_a), self.features(tokens_b, mask_b)
 
-    def logit(self, tokens_a, mask_a, tokens_b, mask_b) -> Array:
-        """Antisymmetric score s(a, b) [B] float32."""
+    def pair_logit(self, tokens_a, mask_a, tokens_b, mask_b) -> Array:
+        """Antisymmetric logit s(a, b) of P(a beats b), [B] float32."""
         (ra, ua), (rb, ub) = self._pair_features(tokens_a, mask_a, tokens_b, mask_b)
         s = ra - rb
         if ua is not None:
@@ -109,4 +113,4 @@ class PreferenceHead(nnx.Module):
 
     def __call__(self, tokens_a, mask_a, tokens_b, mask_b) -> Array:
         """P(a beats b) [B] float32; P(a, b) + P(b, a) = 1."""
-        return jax.nn.sigmoid(self.logit(tokens_a, mask_a, tokens_b, mask_b))
+        return jax.nn.sigmoid(self.pair_logit(tokens_a, mask_a, tokens_b, mask_b))

@@ -252,17 +252,15 @@ def logprob_step(graphdef, state, batch: Batch) -> dict[str, Array]:
 def pair_logits(module, batch: Batch) -> Array:
     """logit of P(chosen beats rejected) [B] float32 from a reward or pairwise preference model.
 
-    A module with ``pair_logit(tokens_a, mask_a, tokens_b, mask_b)`` is a pairwise preference head (its
-    P(a, b) + P(b, a) = 1 by construction); one with ``score(tokens, attention_mask)`` -> [B] is a
-    Bradley-Terry reward model: logit = r(chosen) - r(rejected).
+    The module provides ``pair_logit(tokens_a, mask_a, tokens_b, mask_b)``: wind_jax.models.RewardHead
+    (Bradley-Terry, r(a) - r(b)) and PreferenceHead (antisymmetric, so P(a, b) + P(b, a) = 1) both do.
     """
     tc, tr = batch["tokens"]["chosen"], batch["tokens"]["rejected"]
     mc, mr = batch["attention_mask"]["chosen"], batch["attention_mask"]["rejected"]
-    if hasattr(module, "pair_logit"):
-        return module.pair_logit(tc, mc, tr, mr).astype(jnp.float32)
-    if hasattr(module, "score"):
-        return (module.score(tc, mc) - module.score(tr, mr)).astype(jnp.float32)
-    raise ValueError("reward_step: the model needs a `score` (Bradley-Terry) or `pair_logit` (pairwise) method")
+    if not hasattr(module, "pair_logit"):
+        raise ValueError(f"reward_step: {type(module).__name__} has no pair_logit(tokens_a, mask_a, tokens_b, "
+                         "mask_b) method (use wind_jax.models.RewardHead or PreferenceHead)")
+    return module.pair_logit(tc, mc, tr, mr).astype(jnp.float32)
 
 
 def reward_step(graphdef, state, opt_state, batch: Batch, *, optimizer: optax.GradientTransformation,
