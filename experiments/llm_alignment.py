@@ -32,8 +32,6 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 from absl import app, logging
 from flax import nnx
 from ml_collections import config_flags
@@ -42,7 +40,7 @@ from wind_jax.models import LlamaConfig, PreferenceHead, Transformer
 from wind_jax.train.checkpoint import Checkpointer
 from wind_jax.train.loop import AlignmentLoop, ArrayPrompts, FunctionPrompts, LoopConfig, plot_methods
 from wind_jax.train.oracle import GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate, Tokens
-from wind_jax.train.steps import policy_step, reward_step
+from wind_jax.train.steps import OptimizerConfig, make_optimizer, policy_step, reward_step
 from wind_jax.train.synthetic import EOS, PAD, SyntheticLanguage
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -81,10 +79,10 @@ def _seq(prompt: Tokens, resp: Tokens):
 
 
 # ------------------------------------------------------------------------------ synthetic set-up
-@functools.lru_cache(maxsize=None)
 def _adamw(learning_rate: float):
-    """One optax object per learning rate, so the jitted set-up steps below are compiled once per process."""
-    return optax.adamw(learning_rate)
+    """AdamW (optax defaults, no clipping); make_optimizer caches it, so the jitted set-up steps below compile
+    once per process."""
+    return make_optimizer(OptimizerConfig(learning_rate=learning_rate, weight_decay=1e-4, max_grad_norm=None))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

@@ -44,7 +44,7 @@ from wind_jax.sampling import sample as _sample
 from wind_jax.train.checkpoint import Checkpointer
 from wind_jax.train.metrics import MetricsLogger, plot_summary, progress_bar
 from wind_jax.train.oracle import PreferenceOracle, Tokens, pairwise_probabilities
-from wind_jax.train.steps import PolicyWithOffset, policy_step, response_logprobs
+from wind_jax.train.steps import OptimizerConfig, PolicyWithOffset, make_optimizer, policy_step, response_logprobs
 
 METHODS = ("wind_sq", "wind_sq_offset", "wind_kl", "wind_nce", "sppo", "jbond", "bonbon", "dpo",
            "bon_distill")
@@ -235,19 +235,10 @@ class _Timer:
         self.t[name] = self.t.get(name, 0.0) + seconds
 
 
-@functools.lru_cache(maxsize=None)
-def _optimizer(name: str, max_grad_norm: float, learning_rate: float) -> optax.GradientTransformation:
-    """clip -> AdamW / RMSprop with the learning rate injected (a per-iteration schedule, no recompile).
-    Cached, so loops with equal settings share one object and therefore one compiled train step."""
-    def factory(learning_rate):
-        opt = (optax.adamw(learning_rate, weight_decay=0.0) if name == "adamw"
-               else optax.rmsprop(learning_rate))
-        return optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
-    return optax.inject_hyperparams(factory)(learning_rate=learning_rate)
-
-
 def _make_optimizer(cfg: LoopConfig) -> optax.GradientTransformation:
-    return _optimizer(cfg.optimizer, float(cfg.max_grad_norm), float(cfg.learning_rate))
+    """clip -> AdamW / RMSprop with the learning rate in the optimizer state (per-iteration schedule)."""
+    return make_optimizer(OptimizerConfig(name=cfg.optimizer, learning_rate=float(cfg.learning_rate),
+                                          max_grad_norm=float(cfg.max_grad_norm), injectable_learning_rate=True))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 6), donate_argnums=(3, 4))

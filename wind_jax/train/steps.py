@@ -13,6 +13,7 @@ Summed response log-probs follow MATH.md ("log pi(y|x) is a SUM over response to
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,28 +48,45 @@ class OptimizerConfig:
     max_grad_norm: float | None = 1.0
     warmup_steps: int = 0
     decay_steps: int = 0
+    # Keep the learning rate in the optimizer state (optax.inject_hyperparams): an outer loop sets
+    # opt_state.hyperparams["learning_rate"] per iteration without recompiling. Excludes warmup/decay.
+    injectable_learning_rate: bool = False
 
 
+@functools.lru_cache(maxsize=None)
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    """optax chain: clip_by_global_norm(max_grad_norm) -> AdamW / RMSprop with the learning-rate schedule."""
+    """optax chain: clip_by_global_norm(max_grad_norm) -> AdamW / RMSprop with the learning-rate schedule.
+
+    Cached per config, so equal configs give the same object and jitted steps taking it as a static
+    argument compile once."""
     if config.learning_rate <= 0:
         raise ValueError(f"learning_rate must be > 0, got {config.learning_rate}")
     if config.max_grad_norm is not None and config.max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm must be > 0 or None, got {config.max_grad_norm}")
+    if config.name not in ("adamw", "rmsprop"):
+        raise ValueError(f'optimizer name must be "adamw" or "rmsprop", got {config.name!r}')
+    if config.injectable_learning_rate:
+        if config.warmup_steps or config.decay_steps:
+            raise ValueError("injectable_learning_rate excludes warmup_steps / decay_steps (the caller sets it)")
+        factory = functools.partial(_optimizer_chain, config)
+        return optax.inject_hyperparams(factory)(learning_rate=config.learning_rate)
     lr: Any = config.learning_rate
     if config.decay_steps:
         lr = optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps, config.decay_steps)
     elif config.warmup_steps:
         lr = optax.join_schedules([optax.linear_schedule(0.0, lr, config.warmup_steps), optax.constant_schedule(lr)],
                                   [config.warmup_steps])
+    return _optimizer_chain(config, lr)
+
+
+def _optimizer_chain(config: OptimizerConfig, learning_rate) -> optax.GradientTransformation:
     if config.name == "adamw":
-        opt = optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
-    elif config.name == "rmsprop":
-        opt = optax.rmsprop(lr, decay=config.decay, eps=config.eps, momentum=config.momentum or None)
+        opt = optax.adamw(learning_rate, b1=config.b1, b2=config.b2, eps=config.eps,
+                          weight_decay=config.weight_decay)
+    else:
+        opt = optax.rmsprop(learning_rate, decay=config.decay, eps=config.eps, momentum=config.momentum or None)
         if config.weight_decay:
             opt = optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
-    else:
-        raise ValueError(f'optimizer name must be "adamw" or "rmsprop", got {config.name!r}')
     if config.max_grad_norm is None:
         return opt
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), opt)
