@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

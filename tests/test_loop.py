@@ -1,6 +1,5 @@
 """wind_jax.train.loop: crash safety (in-process resume from mid-iteration checkpoints, fast; SIGKILL at random
 points in subprocesses, slow), config refusal, Hugging Face export."""
-import json
 import os
 import random
 import signal

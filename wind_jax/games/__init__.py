@@ -3,6 +3,7 @@ contexts; public functions validate concrete inputs (ValueError) and skip checks
 
 Shapes: pi [X, Y] (rows sum to 1), P [X, Y, Y] with P + P^T = 1, reward r [X, Y].
 """
+
 from wind_jax.games.best_of_n import (
     best_of_n,
     best_of_n_reward,

@@ -1,4 +1,5 @@
 """Exact tabular metrics (MATH.md "Metrics"). All per-context outputs have shape [X]."""
+
 from __future__ import annotations
 
 import jax
@@ -11,74 +12,74 @@ from wind_jax.games.preferences import _win_rate
 
 @jax.jit
 def _kl(p, q):
-  terms = jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0)) - jnp.log(q)), 0.0)
-  return jnp.sum(terms, axis=-1)
+    terms = jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0)) - jnp.log(q)), 0.0)
+    return jnp.sum(terms, axis=-1)
 
 
 def kl(p, q) -> jax.Array:
-  """KL(p || q) per context, sum_y p (log p - log q) with 0 log 0 = 0 (inf if p leaves q's support)."""
-  v.check_policy("p", p)
-  v.check_policy("q", q)
-  v.check_same_shape(("p", "q"), p, q)
-  return _kl(p, q)
+    """KL(p || q) per context, sum_y p (log p - log q) with 0 log 0 = 0 (inf if p leaves q's support)."""
+    v.check_policy("p", p)
+    v.check_policy("q", q)
+    v.check_same_shape(("p", "q"), p, q)
+    return _kl(p, q)
 
 
 @jax.jit
 def _exploitability(pi, P):
-  return jnp.max(_win_rate(P, pi), axis=-1) - 0.5
+    return jnp.max(_win_rate(P, pi), axis=-1) - 0.5
 
 
 def exploitability(pi, P) -> jax.Array:
-  """Duality gap of the unregularized preference game: max_y w_pi(y) - 1/2, per context, in [0, 1/2]."""
-  v.check_policy("pi", pi)
-  v.check_preference("P", P)
-  v.check_policy_preference("pi", pi, "P", P)
-  return _exploitability(pi, P)
+    """Duality gap of the unregularized preference game: max_y w_pi(y) - 1/2, per context, in [0, 1/2]."""
+    v.check_policy("pi", pi)
+    v.check_preference("P", P)
+    v.check_policy_preference("pi", pi, "P", P)
+    return _exploitability(pi, P)
 
 
 @jax.jit
 def _regularized_gap(pi, pi_ref, P, beta):
-  w = _win_rate(P, pi)
-  best_response = jnp.exp(_ops.normalize_log(_ops.log_prob(pi_ref) + w / beta))
-  return 2.0 * beta * _kl(pi, best_response)
+    w = _win_rate(P, pi)
+    best_response = jnp.exp(_ops.normalize_log(_ops.log_prob(pi_ref) + w / beta))
+    return 2.0 * beta * _kl(pi, best_response)
 
 
 def regularized_gap(pi, pi_ref, P, beta) -> jax.Array:
-  """Duality gap of the WIND game at (pi, pi), per context: 2 beta KL(pi || softmax(log pi_ref + w_pi/beta)).
+    """Duality gap of the WIND game at (pi, pi), per context: 2 beta KL(pi || softmax(log pi_ref + w_pi/beta)).
 
-  Equals max_p f(p, pi) - min_q f(pi, q) for f(p, q) = P(p > q) - beta KL(p||pi_ref) + beta KL(q||pi_ref)
-  (using sum_y pi w_pi = 1/2); zero iff pi = pi*_beta.
-  """
-  v.check_policy("pi", pi)
-  v.check_policy("pi_ref", pi_ref)
-  v.check_same_shape(("pi", "pi_ref"), pi, pi_ref)
-  v.check_preference("P", P)
-  v.check_policy_preference("pi", pi, "P", P)
-  v.check_scalar("beta", beta, low=0.0)
-  return _regularized_gap(pi, pi_ref, P, beta)
+    Equals max_p f(p, pi) - min_q f(pi, q) for f(p, q) = P(p > q) - beta KL(p||pi_ref) + beta KL(q||pi_ref)
+    (using sum_y pi w_pi = 1/2); zero iff pi = pi*_beta.
+    """
+    v.check_policy("pi", pi)
+    v.check_policy("pi_ref", pi_ref)
+    v.check_same_shape(("pi", "pi_ref"), pi, pi_ref)
+    v.check_preference("P", P)
+    v.check_policy_preference("pi", pi, "P", P)
+    v.check_scalar("beta", beta, low=0.0)
+    return _regularized_gap(pi, pi_ref, P, beta)
 
 
 @jax.jit
 def _policy_win_rate(pi, pi_prime, P):
-  return jnp.mean(jnp.einsum("xy,xy->x", pi, _win_rate(P, pi_prime)))
+    return jnp.mean(jnp.einsum("xy,xy->x", pi, _win_rate(P, pi_prime)))
 
 
 def policy_win_rate(pi, pi_prime, P) -> jax.Array:
-  """P(pi > pi') = E_x sum_{y,y'} pi[x,y] P[x,y,y'] pi'[x,y'] (uniform over contexts). Scalar."""
-  v.check_policy("pi", pi)
-  v.check_policy("pi_prime", pi_prime)
-  v.check_same_shape(("pi", "pi_prime"), pi, pi_prime)
-  v.check_preference("P", P)
-  v.check_policy_preference("pi", pi, "P", P)
-  return _policy_win_rate(pi, pi_prime, P)
+    """P(pi > pi') = E_x sum_{y,y'} pi[x,y] P[x,y,y'] pi'[x,y'] (uniform over contexts). Scalar."""
+    v.check_policy("pi", pi)
+    v.check_policy("pi_prime", pi_prime)
+    v.check_same_shape(("pi", "pi_prime"), pi, pi_prime)
+    v.check_preference("P", P)
+    v.check_policy_preference("pi", pi, "P", P)
+    return _policy_win_rate(pi, pi_prime, P)
 
 
 @jax.jit
 def _support_size(pi, threshold):
-  return jnp.sum(pi > threshold, axis=-1)
+    return jnp.sum(pi > threshold, axis=-1)
 
 
 def support_size(pi, threshold: float = 1e-3) -> jax.Array:
-  """Number of responses with probability above `threshold`, per context."""
-  v.check_policy("pi", pi)
-  return _support_size(pi, threshold)
+    """Number of responses with probability above `threshold`, per context."""
+    v.check_policy("pi", pi)
+    return _support_size(pi, threshold)

@@ -434,7 +434,6 @@ def import_gguf(path: str | os.PathLike, *, reader=None, **config_overrides
 
 def load_gguf(path: str | os.PathLike, **config_overrides):
     """(config, model, tokenizer) from one GGUF file, parsing it once."""
-    from wind_jax.models.tokenizer import Tokenizer
 
     reader = open_gguf(path)
     config, model = import_gguf(path, reader=reader, **config_overrides)
