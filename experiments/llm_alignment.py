@@ -36,6 +36,7 @@ from absl import app, logging
 from flax import nnx
 from ml_collections import config_flags
 
+from wind_jax import sharding
 from wind_jax.models import LlamaConfig, PreferenceHead, Transformer
 from wind_jax.train.checkpoint import Checkpointer
 from wind_jax.train.loop import AlignmentLoop, ArrayPrompts, FunctionPrompts, LoopConfig, plot_methods
@@ -321,6 +322,7 @@ def run(c: ml_collections.ConfigDict, *, progress=None):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    sharding.initialize()  # jax.distributed on multi-host TPU slices / GPU clusters; no-op otherwise
     run(_CONFIG.value)
 
 
