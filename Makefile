@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 INTEROP := $(VENV)/.interop
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-all bench clean
+.PHONY: demo test test-slow test-all bench figures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-all: test test-slow
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.tabular
+
+# Every result figure (tabular, bandit, LLM Table-1 and Figure-2 analogs) into docs/figures/ (~45 min, 2 cores).
+figures: $(STAMP)
+	$(BIN)/python -m benchmarks.reproduce_all --out_dir docs/figures
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
