@@ -67,6 +67,7 @@ def run_stage(stage: str, out_dir: str, work_dir: str, size: str, log=print) -> 
         for f in glob.glob(os.path.join(tmp, "*.json")):
             if os.path.getsize(f) > 2_000_000:  # keep the published tree small; the work dir has everything
                 os.remove(f)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
