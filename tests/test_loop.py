@@ -212,6 +212,22 @@ def test_resume_after_crashes_mid_iteration_reproduces_uninterrupted_run(uninter
     assert [r["counts/samples"] for r in its] == [0, 16, 32]
 
 
+def test_rerun_after_crash_before_first_checkpoint_drops_orphan_records(uninterrupted, tmp_path):
+    """Crash after 1 policy step (no checkpoint yet), then run to the end: the run starts again and the
+    metrics file holds the uninterrupted run's records only (not the dead run's first records as well)."""
+    _, ref_result, _ = uninterrupted
+    out = str(tmp_path / "crashed")
+    loop = _tiny_loop(out, crash_after_steps=1)
+    with pytest.raises(_Crash):
+        loop.run()
+    loop.close()
+    loop = _tiny_loop(out)
+    loop.run()
+    loop.close()
+    assert deterministic_view(read_jsonl(os.path.join(out, "metrics.jsonl"))) == \
+        deterministic_view(ref_result.history)
+
+
 def test_export_round_trips_through_import_hf(uninterrupted, tmp_path):
     """AlignmentLoop.export -> a Hugging Face directory that convert.import_hf loads to identical logits."""
     from wind_jax.models.convert import import_hf

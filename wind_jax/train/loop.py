@@ -507,6 +507,7 @@ class AlignmentLoop:
         S = cfg.steps_per_iteration
         resumed = self._restore()
         if resumed is None:
+            self.logger.reset([])  # a run killed before its first checkpoint left records of nothing saved
             t0, k0, batch = 0, 0, None
             rec = {"iteration": 0, "global_step": 0, "counts/queries": 0, "counts/samples": 0,
                    **self.evaluate(0)}
