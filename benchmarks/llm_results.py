@@ -88,8 +88,10 @@ def prompts_for_budget(method: str, budget: str, base_prompts: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------ running
-def make_config(method: str, seed: int, size: Size, prompts: int, out_dir: str):
-    """The experiment's config (experiments/configs/llm_alignment.py) at this size; plots/TensorBoard off."""
+def make_config(method: str, seed: int, size: Size, prompts: int, out_dir: str,
+                loop_overrides: Mapping[str, float] | None = None):
+    """The experiment's config (experiments/configs/llm_alignment.py) at this size; plots/TensorBoard off;
+    `loop_overrides` replaces fields of config.loop (e.g. beta and eta of a KL sweep)."""
     from experiments.configs.llm_alignment import get_config
     c = get_config()
     c.method, c.seed, c.out_dir = method, int(seed), out_dir
@@ -100,6 +102,10 @@ def make_config(method: str, seed: int, size: Size, prompts: int, out_dir: str):
     c.loop.steps_per_iteration = size.steps_per_iteration
     c.loop.batch_size = size.batch_size
     c.loop.eval_prompts = size.eval_prompts
+    for k, v in (loop_overrides or {}).items():
+        if k not in c.loop:
+            raise ValueError(f"loop_overrides: config.loop has no field {k!r}")
+        setattr(c.loop, k, v)
     return c
 
 
@@ -119,7 +125,7 @@ def prepare_setup(root: str, seed: int, size: Size) -> str:
 
 
 def run_one(run_dir: str, method: str, seed: int, size: Size, prompts: int, setup_dir: str,
-            fresh: bool = False) -> list[dict]:
+            fresh: bool = False, loop_overrides: Mapping[str, float] | None = None) -> list[dict]:
     """One experiments.llm_alignment.run in this process (compiled programs are shared with earlier runs of
     equal shapes); the set-up of `seed` is copied in, so it is not trained again. Returns the iteration records.
     A finished run found in run_dir is resumed (returns at once) unless fresh=True."""
@@ -130,7 +136,7 @@ def run_one(run_dir: str, method: str, seed: int, size: Size, prompts: int, setu
     os.makedirs(run_dir, exist_ok=True)
     if not os.path.exists(os.path.join(run_dir, "setup")):
         shutil.copytree(setup_dir, os.path.join(run_dir, "setup"))
-    c = make_config(method, seed, size, prompts, run_dir)
+    c = make_config(method, seed, size, prompts, run_dir, loop_overrides)
     result = llm_alignment.run(c, progress=False)
     return [r for r in result.history if r.get("kind") == "iteration"]
 

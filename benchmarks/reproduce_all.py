@@ -36,7 +36,7 @@ def _commands(stage: str, tmp: str, work: str, size: str) -> tuple[list[list[str
         return [py + ["experiments.bandit_sample_efficiency", f"--out_dir={tmp}"]], []
     if stage == "llm_table":
         return ([py + ["benchmarks.llm_table", f"--out_dir={work}", f"--size={size}"]],
-                [os.path.join(work, size, "table.*")])
+                [os.path.join(work, size, "table.*"), os.path.join(work, size, "frontier.png")])
     if stage == "figure2":
         return ([py + ["benchmarks.figure2", f"--out_dir={work}", f"--size={size}", f"--budget={b}"]
                  for b in ("prompts", "queries")],

@@ -63,10 +63,16 @@ def test_failed_stage_keeps_previous_figures(tmp_path, monkeypatch):
 def test_tiny_table_counts_what_it_plans(tmp_path):
     from benchmarks import llm_table
     table = llm_table.run_table(str(tmp_path), "tiny", seeds=(0,), methods=("wind_sq", "sppo"),
-                                budgets=("queries",), log=lambda *_: None)
+                                budgets=("queries",), wind_sweep=((0.05, 3.0),), sweep_method="wind_sq",
+                                log=lambda *_: None)
     for m in ("wind_sq", "sppo"):
         row = table["rows"][f"queries/{m}"]
         samples, queries = R.per_prompt_cost(m)
         assert row["queries_per_iter"]["mean"] == queries * row["prompts_per_iter"] <= 32
         assert row["samples_per_iter"]["mean"] == samples * row["prompts_per_iter"]
-    assert os.path.exists(tmp_path / "tiny" / "table.png")
+    swept = table["rows"]["queries/wind_sq b=0.05 e=3"]
+    assert swept["loop_overrides"] == {"beta": 0.05, "eta": 3.0}
+    assert swept["kl"]["mean"] != table["rows"]["queries/wind_sq"]["kl"]["mean"]  # beta reached the loss
+    assert os.path.exists(tmp_path / "tiny" / "table.png") and os.path.exists(tmp_path / "tiny" / "frontier.png")
+    with pytest.raises(ValueError, match="eta \\* beta"):
+        llm_table.run_table(str(tmp_path), "tiny", seeds=(0,), methods=(), budgets=(), wind_sweep=((0.5, 3.0),))

