@@ -5,7 +5,7 @@
   llm_table/           Table-1 analog, equal query and sample budgets, 3 seeds (benchmarks.llm_table)
   figure2/             Figure-2 analog, per-iteration time split (benchmarks.figure2)
 
-    python -m benchmarks.reproduce_all --out_dir docs/figures            # about 45 min on 2 CPU cores
+    python -m benchmarks.reproduce_all --out_dir docs/figures            # about 20 min on 2 CPU cores
     python -m benchmarks.reproduce_all --only=contextual_bandit,bandit    # a subset
 
 Each stage runs in its own process (a failure names the stage and its log). Heavy run directories
