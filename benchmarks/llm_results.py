@@ -45,7 +45,7 @@ SIZES = {
     "tiny": Size(pretrain_steps=60, head_steps=60, num_iterations=2, base_prompts=32, steps_per_iteration=4,
                  batch_size=32, eval_prompts=64),
     # default of the benchmarks: set-up as in experiments/configs/llm_alignment.py, half the prompts,
-    # 4 outer iterations (the whole table about 15 min on 2 CPU cores, compile-dominated)
+    # 4 outer iterations (the whole table about 11 min on 2 quiet CPU cores with the WIND sweep)
     "small": Size(pretrain_steps=300, head_steps=300, num_iterations=4, base_prompts=128, steps_per_iteration=16,
                   batch_size=64, eval_prompts=256),
     # the experiment's own defaults (experiments/configs/llm_alignment.py)
