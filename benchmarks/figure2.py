@@ -99,10 +99,7 @@ def plot_figure2(fig: dict, path: str) -> str:
     ax.tick_params(axis="x", rotation=35, labelsize=8)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(axis="y", alpha=0.3)
-    f.tight_layout()
-    f.savefig(path, dpi=110)
-    plt.close(f)
-    return path
+    return R.save_figure(f, path)
 
 
 def main(argv=None):

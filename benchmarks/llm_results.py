@@ -198,3 +198,12 @@ def write_json(path: str, obj) -> str:
     with open(path, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
     return path
+
+
+def save_figure(fig, path: str) -> str:
+    """Lay out, write (PNG, 110 dpi) and close a matplotlib figure; returns path."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -137,10 +137,7 @@ def plot_table(table: dict, path: str) -> str:
         ax.set_title(f"equal {_NOUN[b]} budget ({table['size']}, {len(table['seeds'])} seeds)")
         ax.set_ylabel("gold win rate vs $\\pi_{ref}$")
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return R.save_figure(fig, path)
 
 
 def plot_frontier(table: dict, path: str) -> str:
@@ -163,10 +160,7 @@ def plot_frontier(table: dict, path: str) -> str:
     ax.set_ylabel("gold win rate vs $\\pi_{ref}$")
     ax.set_title(f"equal query budget ({table['size']}, {len(table['seeds'])} seeds; mean ± sd)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return R.save_figure(fig, path)
 
 
 def main(argv=None):
