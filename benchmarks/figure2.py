@@ -1,7 +1,7 @@
 """Figure-2 analog: wall time of one outer iteration per method, split into sampling, judging, frozen
-log-probs, training, evaluation and other (prompt fetching, batch assembly, checkpointing), all methods side
-by side in ONE process, as RATIOS to the reference method's whole iteration (CPU seconds are machine- and
-load-specific; absolute seconds belong to a GPU run).
+log-probs, training, evaluation and other (prompt fetching, optimizer reset, placing the batch on devices),
+all methods side by side in ONE process, as RATIOS to the reference method's whole iteration (CPU seconds
+are machine- and load-specific; absolute seconds belong to a GPU run).
 
 Run (default: equal prompts per iteration, every method at seed 0, 8 outer iterations at --size=small):
     python -m benchmarks.figure2 --out_dir outputs/llm_table

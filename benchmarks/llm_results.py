@@ -152,7 +152,7 @@ def warm(records: Sequence[Mapping]) -> list[Mapping]:
 
 def phase_medians(records: Sequence[Mapping]) -> dict[str, float]:
     """Median seconds per warm iteration of each phase; "other" = iteration - sum of the timed phases
-    (prompt fetching, batch assembly, checkpointing), "total" = median time/iteration."""
+    (prompt fetching, optimizer reset, placing the batch on devices), "total" = median time/iteration."""
     ws = warm(records)
     named = PHASES[:-1]
     out = {p: statistics.median(r.get(f"time/{p}", 0.0) for r in ws) for p in named}

@@ -108,10 +108,10 @@ def format_table(table: dict) -> str:
         out.append("|---|---:|---:|---:|---|---:|---:|")
         for r in (r for r in table["rows"].values() if r["budget"] == b):
             w, k, s = r["win_rate"], r["kl"], r["sec_per_iter"]
-            out.append(f"| {r.get('label', r['method'])} | {r['prompts_per_iter']} | {r['samples_per_iter']['mean']:.0f} | "
-                       f"{r['queries_per_iter']['mean']:.0f} | {w['mean']:.3f} ± {w['sd']:.3f} "
-                       f"[{w['min']:.3f}, {w['max']:.3f}] | {k['mean']:.3f} ± {k['sd']:.3f} | "
-                       f"{s['mean']:.2f} |")
+            out.append(f"| {r['label']} | {r['prompts_per_iter']} | "
+                       f"{r['samples_per_iter']['mean']:.0f} | {r['queries_per_iter']['mean']:.0f} | "
+                       f"{w['mean']:.3f} ± {w['sd']:.3f} [{w['min']:.3f}, {w['max']:.3f}] | "
+                       f"{k['mean']:.3f} ± {k['sd']:.3f} | {s['mean']:.2f} |")
     return "\n".join(out) + "\n"
 
 
@@ -133,7 +133,7 @@ def plot_table(table: dict, path: str) -> str:
         ax.axhline(0.5, color="k", lw=0.8, ls="--")
         lo = min(r["win_rate"]["min"] for r in rs)
         ax.set_ylim(min(0.45, lo - 0.01), max(r["win_rate"]["max"] for r in rs) + 0.01)
-        ax.set_xticks(list(x), [r.get("label", r["method"]) for r in rs], rotation=40, ha="right", fontsize=8)
+        ax.set_xticks(list(x), [r["label"] for r in rs], rotation=40, ha="right", fontsize=8)
         ax.set_title(f"equal {_NOUN[b]} budget ({table['size']}, {len(table['seeds'])} seeds)")
         ax.set_ylabel("gold win rate vs $\\pi_{ref}$")
         ax.grid(axis="y", alpha=0.3)
@@ -152,7 +152,7 @@ def plot_frontier(table: dict, path: str) -> str:
         wind = r["method"].startswith("wind")
         ax.errorbar(r["kl"]["mean"], r["win_rate"]["mean"], xerr=r["kl"]["sd"], yerr=r["win_rate"]["sd"],
                     fmt="o" if wind else "s", color="tab:blue" if wind else "tab:gray", ms=4, capsize=2)
-        ax.annotate(r.get("label", r["method"]), (r["kl"]["mean"], r["win_rate"]["mean"]), fontsize=7,
+        ax.annotate(r["label"], (r["kl"]["mean"], r["win_rate"]["mean"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.axhline(0.5, color="k", lw=0.8, ls="--")
     ax.set_xscale("log")

@@ -79,6 +79,13 @@ def check_policy_preference(pi_name: str, pi, P_name: str, P) -> None:
         )
 
 
+def check_game(pi_name: str, pi, P) -> None:
+    """A policy `pi_name` [X, Y] and a preference `P` [X, Y, Y], each valid, of matching shapes."""
+    check_policy(pi_name, pi)
+    check_preference("P", P)
+    check_policy_preference(pi_name, pi, "P", P)
+
+
 def check_scalar(name: str, value, *, low=None, high=None, low_inclusive=False, high_inclusive=False) -> None:
     """Bounds check for a scalar hyperparameter (skipped for tracers)."""
     if not is_concrete(value):

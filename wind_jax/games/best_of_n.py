@@ -53,9 +53,7 @@ def best_of_n(pi, P, n) -> jax.Array:
 
     pi [X, Y], P [X, Y, Y] -> [X, Y].
     """
-    v.check_policy("pi", pi)
-    v.check_preference("P", P)
-    v.check_policy_preference("pi", pi, "P", P)
+    v.check_game("pi", pi, P)
     v.check_scalar("n", n, low=2, low_inclusive=True)
     return jnp.exp(_log_best_of_n(_ops.log_prob(pi), P, n))
 
@@ -98,9 +96,7 @@ def iterative_bon(pi_ref, P, n, alpha, num_steps: int, *, return_trajectory: boo
     (when it does) to pibar*_beta with beta = alpha / ((1-alpha)(n-1)). Returns pi_T [X, Y], or the stacked
     iterates [num_steps + 1, X, Y] with return_trajectory=True.
     """
-    v.check_policy("pi_ref", pi_ref)
-    v.check_preference("P", P)
-    v.check_policy_preference("pi_ref", pi_ref, "P", P)
+    v.check_game("pi_ref", pi_ref, P)
     num_steps = _check_bon_hparams(n, alpha, num_steps)
     return _iterative_bon(pi_ref, P, n, alpha, num_steps, bool(return_trajectory))
 

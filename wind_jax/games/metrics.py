@@ -31,9 +31,7 @@ def _exploitability(pi, P):
 
 def exploitability(pi, P) -> jax.Array:
     """Duality gap of the unregularized preference game: max_y w_pi(y) - 1/2, per context, in [0, 1/2]."""
-    v.check_policy("pi", pi)
-    v.check_preference("P", P)
-    v.check_policy_preference("pi", pi, "P", P)
+    v.check_game("pi", pi, P)
     return _exploitability(pi, P)
 
 

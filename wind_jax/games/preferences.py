@@ -21,9 +21,7 @@ def _win_rate(P, pi):
 
 def win_rate(P, pi) -> jax.Array:
     """w_pi[x, y] = P(y > pi | x) = sum_y' P[x, y, y'] pi[x, y'] (MATH.md "Notation"). Returns [X, Y]."""
-    v.check_preference("P", P)
-    v.check_policy("pi", pi)
-    v.check_policy_preference("pi", pi, "P", P)
+    v.check_game("pi", pi, P)
     return _win_rate(P, pi)
 
 
@@ -35,9 +33,7 @@ def _log_win_rate(P, pi):
 
 def log_win_rate(P, pi) -> jax.Array:
     """log w_pi with w floored at the dtype's smallest normal number (finite even if y loses to all of pi)."""
-    v.check_preference("P", P)
-    v.check_policy("pi", pi)
-    v.check_policy_preference("pi", pi, "P", P)
+    v.check_game("pi", pi, P)
     return _log_win_rate(P, pi)
 
 

@@ -74,9 +74,7 @@ def _wind_step(pi, pi_ref, P, beta, eta, parametrization):
 
 
 def _check_wind(pi_ref, P, beta, eta, parametrization, *, beta_zero_ok=False):
-    v.check_policy("pi_ref", pi_ref)
-    v.check_preference("P", P)
-    v.check_policy_preference("pi_ref", pi_ref, "P", P)
+    v.check_game("pi_ref", pi_ref, P)
     v.check_scalar("beta", beta, low=0.0, low_inclusive=beta_zero_ok)
     v.check_scalar("eta", eta, low=0.0)
     if parametrization not in PARAMETRIZATIONS:
@@ -243,9 +241,7 @@ def _log_win_rate_equilibrium(pi_ref, P, beta, eta, tol, max_steps, method):
 
 
 def _equilibrium(core, name, pi_ref, P, beta, step, tol, max_steps, method, return_info):
-    v.check_policy("pi_ref", pi_ref)
-    v.check_preference("P", P)
-    v.check_policy_preference("pi_ref", pi_ref, "P", P)
+    v.check_game("pi_ref", pi_ref, P)
     v.check_scalar("beta", beta, low=0.0)
     v.check_scalar("step", step, low=0.0)
     if max_steps is None:
