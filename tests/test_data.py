@@ -138,7 +138,7 @@ def test_malformed_line_names_file_and_line(tmp_path, bad_line, kind, match):
 
 def test_skip_flag_counts_malformed(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", PROMPTS[:2], ['{"prompt": ""}', "not json", '{"x": 1}'])
-    builder = data.build("prompts", path, str(tmp_path / "tfds"), skip_malformed=True)
+    builder = data.build("prompts", path, str(tmp_path / "tfds"), skip_invalid=True)
     assert len(builder.as_data_source(split="train")) == 2
     info = data.skipped(builder)
     assert info["total"] == 3
@@ -161,3 +161,127 @@ def test_overlong_prompt_errors_or_is_counted_never_truncated(tmp_path):
     assert all(b["lengths"][0] == b["attention_mask"][0].sum() for b in kept)
     with pytest.raises(ValueError, match="max_prompt_chars"):
         data.build("prompts", path, str(tmp_path / "tfds2"), max_prompt_chars=10)
+
+
+def test_skip_invalid_prints_n_of_m_with_reasons(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "bad.jsonl", PROMPTS[:2], ['{"prompt": ""}', "not json"])
+    data.build("prompts", path, str(tmp_path / "tfds"), skip_invalid=True)
+    out = capsys.readouterr().out
+    assert f"{path}: 2 of 4 lines skipped: bad_json 1, empty_prompt 1 (first: {path}:3:" in out
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n\n"])
+def test_empty_file_names_the_file(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{path}: the prompts file is empty"):
+        data.build("prompts", str(path), str(tmp_path / "tfds"))
+
+
+@pytest.mark.parametrize("skip_invalid", [False, True])
+def test_every_line_invalid_names_the_file(tmp_path, skip_invalid):
+    path = write_jsonl(tmp_path / "junk.jsonl", [], ["nope", '{"text": 1}'])
+    match = "junk.jsonl:1: invalid JSON" if not skip_invalid else "junk.jsonl: no usable record.*2 of 2 lines"
+    with pytest.raises(ValueError, match=match):
+        data.build("prompts", path, str(tmp_path / "tfds"), skip_invalid=skip_invalid)
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_missing_file_is_checked_without_tfds(tmp_path):
+    with pytest.raises(ValueError, match=f"prompts file not found: {tmp_path}/nowhere.jsonl"):
+        data.check_jsonl(str(tmp_path / "nowhere.jsonl"))
+    report = data.check_jsonl(write_jsonl(tmp_path / "ok.jsonl", PROMPTS, ["{"]), skip_invalid=True)
+    assert (report.records, report.lines, report.skips.total) == (len(PROMPTS), len(PROMPTS) + 1, 1)
+
+
+def test_non_utf8_line_names_file_and_line_and_writes_nothing(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n{"prompt": "also fine"}\n')
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(ValueError, match=rf"{path}:2: not valid UTF-8 \(byte 0xe9"):
+        data.build("prompts", str(path), str(data_dir))
+    assert not data_dir.exists() or not any(data_dir.rglob("*"))
+    builder = data.build("prompts", str(path), str(data_dir), skip_invalid=True)
+    assert sorted(int(r["line"]) for r in builder.as_data_source(split="train")) == [1, 3]
+    assert data.skipped(builder)["by_kind"] == {"bad_utf8": 1}
+
+
+def test_failed_generation_leaves_no_partial_dataset(tmp_path, monkeypatch):
+    from wind_jax.data import builders
+
+    def broken(*args, **kwargs):
+        yield {"prompt": "p", "messages": "", "line": 1}
+        raise OSError("disk full (simulated)")
+
+    path = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    monkeypatch.setattr(builders, "read_records", broken)
+    with pytest.raises(OSError, match="simulated"):
+        data.build("prompts", path, str(tmp_path / "tfds"))
+    assert [p.name for p in (tmp_path / "tfds").iterdir()] == []  # no staging dir, no dataset dir
+    monkeypatch.undo()
+    builder = data.build("prompts", path, str(tmp_path / "tfds"))
+    assert len(builder.as_data_source(split="train")) == len(PROMPTS)
+
+
+def test_local_build_prints_no_tfds_download_lines(tmp_path, capfd, caplog):
+    path = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    data.build("prompts", path, str(tmp_path / "tfds"))
+    data.build("prompts", path, str(tmp_path / "tfds"))  # reuse
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    for line in ("Downloading and preparing", "custom data configuration", "downloaded and prepared",
+                 "Generating splits"):
+        assert line not in text
+
+
+def test_every_prompt_overlong_raises_some_overlong_prints_count(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    source = data.build("prompts", path, str(tmp_path / "tfds")).as_data_source(split="train")
+    none_fit = data.PromptLoader(source, byte_tokenizer, batch_size=2, buckets=(4,), on_overlong="skip",
+                                 drop_remainder=False, source_name=path)
+    with pytest.raises(ValueError, match=f"{path}: no usable example in 5 records"):
+        next(iter(none_fit.epoch(0)))
+    n_long = sum(len(byte_tokenizer(r.get("prompt") or data.render_chat(r["messages"]))) > 16 for r in PROMPTS)
+    some = data.PromptLoader(source, byte_tokenizer, batch_size=8, buckets=(16,), on_overlong="skip",
+                             drop_remainder=False, source_name=path)
+    (batch,) = list(some.epoch(0))
+    assert len(batch["line"]) == len(PROMPTS) - n_long
+    assert f"{path}: {n_long} of 5 examples skipped: longer than the largest bucket 16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("returns_ids", [False, True])
+def test_plain_prompts_get_the_chat_template(tmp_path, returns_ids):
+    path = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    source = data.build("prompts", path, str(tmp_path / "tfds")).as_data_source(split="train")
+
+    def template(messages):
+        text = "".join(f"[{m['role']}]{m['content']}" for m in messages) + "[assistant]"
+        return byte_tokenizer(text) if returns_ids else text
+
+    loader = data.PromptLoader(source, byte_tokenizer, batch_size=5, buckets=(256,), chat_template=template)
+    (batch,) = list(loader.epoch(0))
+    for row, line in enumerate(batch["line"]):
+        rec = PROMPTS[line - 1]
+        conv = rec.get("messages") or [{"role": "user", "content": rec["prompt"]}]
+        expected = "".join(f"[{m['role']}]{m['content']}" for m in conv) + "[assistant]"
+        assert list(batch["tokens"][row][batch["attention_mask"][row]]) == byte_tokenizer(expected)
+
+
+def test_sharegpt_first_human_turns_from_a_truncated_file(tmp_path):
+    convs = [{"id": "a", "conversations": [{"from": "human", "value": " What is 2+2? "},
+                                          {"from": "gpt", "value": "4"}]},
+             {"id": "b", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x" * 50}]},
+             {"id": "c", "conversations": [{"from": "human", "value": "y" * 500}]},
+             {"id": "d", "conversations": [{"from": "human", "value": "Grüße ☃"}]}]
+    text = json.dumps(convs, ensure_ascii=False)
+    src = tmp_path / "sg.json"
+    src.write_text(text[: text.rindex('{"id": "d"') + 30], encoding="utf-8")  # cut inside the last object
+    from wind_jax.data.sharegpt import first_human_turns
+
+    assert first_human_turns(str(src), 10, max_chars=100) == ["What is 2+2?", "x" * 50]
+    src.write_text(text, encoding="utf-8")
+    out = data.sharegpt_prompts(str(tmp_path / "out" / "p.jsonl"), 3, max_chars=100, json_path=str(src))
+    rows = [json.loads(line) for line in open(out, encoding="utf-8")]
+    assert rows == [{"messages": [{"role": "user", "content": c}]} for c in ("What is 2+2?", "x" * 50, "Grüße ☃")]
+    report = data.check_jsonl(out)
+    assert (report.records, report.skips.total) == (3, 0)

@@ -3,8 +3,9 @@
 tensorflow_datasets is imported only by the functions that need it (``build``, ``load_source``, ...), so the
 loaders and JSONL validation work on machines without tfds.
 """
-from wind_jax.data.jsonl import MalformedRecord, SkipCounter, read_records, render_chat
+from wind_jax.data.jsonl import JsonlReport, MalformedRecord, SkipCounter, check_jsonl, read_records, render_chat
 from wind_jax.data.pipeline import PreferenceLoader, PromptLoader, bucket_length, shuffled_indices
+from wind_jax.data.sharegpt import sharegpt_prompts
 
 
 def build(*args, **kwargs):
@@ -35,5 +36,6 @@ def skipped(builder) -> dict:
     return builders.skipped(builder)
 
 
-__all__ = ["MalformedRecord", "SkipCounter", "read_records", "render_chat", "PromptLoader", "PreferenceLoader",
-           "bucket_length", "shuffled_indices", "build", "load_source", "process_split", "skipped"]
+__all__ = ["JsonlReport", "MalformedRecord", "SkipCounter", "check_jsonl", "read_records", "render_chat",
+           "PromptLoader", "PreferenceLoader", "bucket_length", "shuffled_indices", "build", "load_source",
+           "process_split", "skipped", "sharegpt_prompts"]

@@ -1,12 +1,15 @@
 """Validated reading of prompt / preference JSONL files (pure Python, no tfds).
 
-Every problem is reported as ``MalformedRecord`` naming ``file:line``; callers either raise it or count it.
+Every problem is reported as ``MalformedRecord`` naming ``file:line``; callers either raise it or count it
+(``skip_invalid``). ``check_jsonl`` validates a whole file up front (cheap: no model, no tfds), so a run
+can refuse a missing, empty or invalid prompts file before it loads anything.
 """
 from __future__ import annotations
 
 import collections
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -26,6 +29,7 @@ class SkipCounter:
     counts: collections.Counter = field(default_factory=collections.Counter)
     messages: list = field(default_factory=list)
     max_messages: int = 50
+    seen: int = 0  # records (non-blank lines, or examples) looked at, skipped or not
 
     def add(self, err: MalformedRecord) -> None:
         self.counts[err.kind] += 1
@@ -37,7 +41,14 @@ class SkipCounter:
         return sum(self.counts.values())
 
     def as_dict(self) -> dict:
-        return {"total": self.total, "by_kind": dict(self.counts), "first_messages": list(self.messages)}
+        return {"total": self.total, "seen": self.seen, "by_kind": dict(self.counts),
+                "first_messages": list(self.messages)}
+
+    def summary(self, what: str = "lines") -> str:
+        """'N of M {what} skipped: kind count, ... (first: file:line: reason)'."""
+        reasons = ", ".join(f"{kind} {n}" for kind, n in sorted(self.counts.items()))
+        first = f" (first: {self.messages[0]})" if self.messages else ""
+        return f"{self.total} of {self.seen} {what} skipped: {reasons}{first}"
 
 
 def _prompt_fields(obj: dict, path: str, line: int) -> tuple[str, str]:
@@ -100,8 +111,19 @@ def _response_fields(obj: dict, path: str, line: int) -> tuple[list[str], list[f
 
 
 def _objects(path: str) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, text in enumerate(f, start=1):
+    """(line number, parsed JSON or MalformedRecord) per non-blank line; each line is decoded as UTF-8 on
+    its own, so one bad byte names its line and does not stop the file."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line_no, MalformedRecord(
+                    path, line_no, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte column {e.start + 1})",
+                    "bad_utf8")
+                continue
+            if line_no == 1:
+                text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark
             if not text.strip():
                 continue
             try:
@@ -111,15 +133,21 @@ def _objects(path: str) -> Iterator[tuple[int, object]]:
                                                "bad_json")
 
 
-def read_records(path: str, kind: str, *, skip_malformed: bool = False, skips: SkipCounter | None = None,
+KINDS = ("prompts", "preference_pairs")
+
+
+def read_records(path: str, kind: str, *, skip_invalid: bool = False, skips: SkipCounter | None = None,
                  max_prompt_chars: int | None = None) -> Iterator[dict]:
     """Yield validated records of ``kind`` "prompts" or "preference_pairs" with their 1-based ``line``.
 
-    Malformed lines raise ``MalformedRecord`` (file:line), or with ``skip_malformed`` are counted in ``skips``.
+    Invalid lines raise ``MalformedRecord`` (file:line), or with ``skip_invalid`` are counted in ``skips``
+    (``skips.seen`` counts every non-blank line).
     """
-    if kind not in ("prompts", "preference_pairs"):
-        raise ValueError(f'kind must be "prompts" or "preference_pairs", got {kind!r}')
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     for line_no, obj in _objects(path):
+        if skips is not None:
+            skips.seen += 1
         try:
             if isinstance(obj, MalformedRecord):
                 raise obj
@@ -134,9 +162,45 @@ def read_records(path: str, kind: str, *, skip_malformed: bool = False, skips: S
             if kind == "preference_pairs":
                 record["responses"], record["scores"] = _response_fields(obj, path, line_no)
         except MalformedRecord as err:
-            if not skip_malformed:
+            if not skip_invalid:
                 raise
             if skips is not None:
                 skips.add(err)
             continue
         yield record
+
+
+@dataclass(frozen=True)
+class JsonlReport:
+    """What ``check_jsonl`` found: ``records`` usable records out of ``lines`` non-blank lines."""
+
+    path: str
+    kind: str
+    records: int
+    lines: int
+    skips: SkipCounter
+
+    def summary(self) -> str:
+        return f"{self.path}: {self.skips.summary()}"
+
+
+def check_jsonl(path: str, kind: str = "prompts", *, skip_invalid: bool = False,
+                max_prompt_chars: int | None = None) -> JsonlReport:
+    """Validate every line of a prompts / preference JSONL file before anything expensive runs.
+
+    Raises ValueError naming the file for a missing path, an empty file or a file without one usable
+    record, and (unless ``skip_invalid``) ``MalformedRecord`` naming file:line for the first invalid line.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{kind} file not found: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{kind} file {path} is not a regular file")
+    skips = SkipCounter()
+    records = sum(1 for _ in read_records(path, kind, skip_invalid=skip_invalid, skips=skips,
+                                          max_prompt_chars=max_prompt_chars))
+    if records == 0:
+        if skips.seen == 0:
+            raise ValueError(f"{path}: the {kind} file is empty (no non-blank line)")
+        raise ValueError(f"{path}: no usable record, every line is invalid; {skips.summary()}")
+    return JsonlReport(path, kind, records, skips.seen, skips)

@@ -2,7 +2,9 @@
 
 Works on any random-access source (``len`` and ``__getitem__`` returning the builders' feature dicts), so
 it needs neither TensorFlow nor tfds at run time. Over-long examples raise ValueError naming file:line, or
-are counted in ``loader.skips`` with ``on_overlong="skip"``; nothing is ever truncated.
+with ``on_overlong="skip"`` are counted in ``loader.skips`` and the count is printed at the end of the pass
+("N of M examples skipped: ..."); nothing is ever truncated. An epoch that keeps no example at all raises
+ValueError instead of ending empty.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
 class _Loader:
     def __init__(self, source, tokenizer, *, batch_size: int, buckets: Sequence[int], seed: int = 0,
                  pad_id: int = 0, on_overlong: str = "raise", drop_remainder: bool = True,
-                 chat_template: Callable[[list], str] | None = None, source_name: str = "<source>"):
+                 chat_template: Callable[[list], str | list[int]] | None = None, source_name: str = "<source>"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         buckets = tuple(sorted(int(b) for b in buckets))
@@ -63,10 +65,15 @@ class _Loader:
         return len(self.source)
 
     def _prompt_ids(self, record) -> list[int]:
+        """Token ids of the prompt. With ``chat_template`` (messages -> text or token ids) a plain
+        {"prompt": p} record is the one-turn conversation [{"role": "user", "content": p}]."""
+        if self.chat_template is None:
+            return self.encode(_text(record["prompt"]))
         messages = _text(record["messages"])
-        if messages and self.chat_template is not None:
-            return self.encode(self.chat_template(json.loads(messages)))
-        return self.encode(_text(record["prompt"]))
+        conversation = (json.loads(messages) if messages else
+                        [{"role": "user", "content": _text(record["prompt"])}])
+        out = self.chat_template(conversation)
+        return self.encode(out) if isinstance(out, str) else [int(t) for t in out]
 
     def _overlong(self, record, n: int, what: str) -> None:
         err = MalformedRecord(self.source_name, int(record["line"]),
@@ -76,11 +83,21 @@ class _Loader:
         self.skips.add(err)
 
     def _examples(self, epoch: int) -> Iterator:
+        before, kept = self.skips.total, 0
         for i in shuffled_indices(len(self.source), self.seed, epoch):
             record = self.source[int(i)]
+            self.skips.seen += 1
             example = self._encode(record)
             if example is not None:
+                kept += 1
                 yield int(i), record, example
+        skipped = self.skips.total - before
+        if kept == 0:
+            raise ValueError(f"{self.source_name}: no usable example in {len(self.source)} records "
+                             f"({skipped} longer than the largest bucket {self.buckets[-1]} tokens)")
+        if skipped:
+            print(f"{self.source_name}: {skipped} of {len(self.source)} examples skipped: longer than the "
+                  f"largest bucket {self.buckets[-1]} tokens", flush=True)
 
     def epoch(self, epoch: int) -> Iterator[dict]:
         """Batches of one epoch, shuffled by (seed, epoch)."""
