@@ -93,7 +93,7 @@ def np_forward(c, params, tokens, mask):
         pos = np.arange(t, dtype=np.float64)
         x = params["embed"]["embedding"][tok]
         for i in range(c.num_layers):
-            lp = params["layers"][i]
+            lp = jax.tree.map(lambda a, i=i: a[i], params["layers"])  # layer i of the stacked parameters
             h = rms(x, lp["input_norm"]["scale"])
             a = lp["attn"]
             q = rope(lin(a["q_proj"], h).reshape(t, c.num_heads, c.head_dim), pos)
@@ -218,10 +218,10 @@ def test_bfloat16_compute_policy():
     err = float(jnp.max(jnp.abs(l16 - l32)))
     assert 0 < err < 0.1 * float(jnp.max(jnp.abs(l32)))
     cache = nnx.eval_shape(lambda m: m.init_cache(2, 8), m16)
-    assert cache["k"][0].dtype == jnp.bfloat16
+    assert cache["k"].dtype == jnp.bfloat16 and cache["k"].shape == (c16.num_layers, 2, 8, 2, c16.head_dim)
 
 
-LOGICAL_AXES = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp"}
+LOGICAL_AXES = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers"}
 
 
 def test_llama3_8b_eval_shape_and_axis_metadata():
@@ -243,18 +243,20 @@ def test_llama3_8b_eval_shape_and_axis_metadata():
             assert len(names) == len(var.shape), path
             assert set(names) <= LOGICAL_AXES, path
     spec = nnx.get_partition_spec(params)
-    assert tuple(spec["layers"][0]["attn"]["k_proj"]["kernel"].get_value()) == ("embed", "kv_heads")
-    with nnx.logical_axis_rules([("embed", "fsdp"), ("vocab", "tensor"), ("mlp", "tensor")]):
+    assert tuple(spec["layers"]["attn"]["k_proj"]["kernel"].get_value()) == ("layers", "embed", "kv_heads")
+    assert params["layers"]["attn"]["k_proj"]["kernel"].shape == (32, 4096, kv)
+    with nnx.logical_axis_rules([("embed", "fsdp"), ("vocab", "tensor"), ("mlp", "tensor"), ("layers", None)]):
         mapped = nnx.get_partition_spec(params)
     assert tuple(mapped["lm_head"]["kernel"].get_value()) == ("fsdp", "tensor")
+    assert tuple(mapped["layers"]["mlp"]["up_proj"]["kernel"].get_value()) == (None, "fsdp", "tensor")
 
 
 def test_parameter_paths_are_stable():
     model = make(small(attention_bias=True), perturb_norms=False)
     flat = {"/".join(map(str, k)) for k, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    for want in ["embed/embedding", "final_norm/scale", "lm_head/kernel", "layers/1/input_norm/scale",
-                 "layers/1/post_attn_norm/scale", "layers/0/attn/q_proj/kernel", "layers/0/attn/o_proj/bias",
-                 "layers/0/mlp/gate_proj/kernel", "layers/0/mlp/up_proj/kernel", "layers/0/mlp/down_proj/kernel"]:
+    for want in ["embed/embedding", "final_norm/scale", "lm_head/kernel", "layers/input_norm/scale",
+                 "layers/post_attn_norm/scale", "layers/attn/q_proj/kernel", "layers/attn/o_proj/bias",
+                 "layers/mlp/gate_proj/kernel", "layers/mlp/up_proj/kernel", "layers/mlp/down_proj/kernel"]:
         assert want in flat
     tied = make(small(tie_word_embeddings=True), perturb_norms=False)
     assert not any(k[0] == "lm_head" for k, _ in nnx.to_flat_state(nnx.state(tied, nnx.Param)))

@@ -14,6 +14,8 @@ from typing import Any
 from flax.core import FrozenDict
 
 _DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_IMPLS = ("reference", "xla", "cudnn", "splash")
 _ROPE_TYPES = ("default", "linear", "llama3")
 _ROPE_REQUIRED = {
     "default": (),
@@ -54,6 +56,14 @@ class LlamaConfig:
     dtype: compute dtype of matmuls/activations ("float32" or "bfloat16"); norms, softmax, logits and
     log-softmax are always float32. param_dtype: storage dtype of parameters (default float32).
     attention_bias: bias on q/k/v/o projections (HF Llama `attention_bias` semantics).
+
+    Execution knobs (no effect on the function computed, not part of the HF config):
+    scan_layers: run the stacked decoder layers with one jax.lax.scan (True) or a Python loop over the
+    same stacked parameters (False). remat: what the backward pass keeps per layer, "none" (everything),
+    "full" (only the layer input; the layer is recomputed) or "dots" (matmul outputs without batch
+    dimensions, i.e. the projections; attention and elementwise ops are recomputed).
+    attention: "reference" (einsum, materializes the [B, H, T, S] scores), "xla" / "cudnn"
+    (jax.nn.dot_product_attention) or "splash" (Pallas TPU splash kernel; TPU only, cache-free calls).
     """
 
     vocab_size: int
@@ -72,6 +82,9 @@ class LlamaConfig:
     param_dtype: str = "float32"
     attention_bias: bool = False
     initializer_range: float = 0.02
+    scan_layers: bool = True
+    remat: str = "none"
+    attention: str = "reference"
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -98,6 +111,12 @@ class LlamaConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"LlamaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"LlamaConfig.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"LlamaConfig.attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"LlamaConfig.scan_layers must be a bool, got {self.scan_layers!r}")
         object.__setattr__(self, "rope_scaling", _normalize_rope_scaling(self.rope_scaling))
         object.__setattr__(self, "rope_theta", float(self.rope_theta))
         object.__setattr__(self, "rms_norm_eps", float(self.rms_norm_eps))

@@ -1,7 +1,8 @@
 """Checkpoint conversion: Hugging Face Llama directories (import/export) and GGUF files (import).
 
 Every import goes through Hugging Face tensor names and layouts (weights [out, in]); `hf_to_params`
-maps them onto the wind_jax.models.Transformer parameter tree (kernels [in, out], see transformer.py).
+maps them onto the wind_jax.models.Transformer parameter tree (kernels [in, out], per-layer tensors
+stacked on the leading "layers" axis, see transformer.py).
 
   import_hf(directory) -> (config, model)         config.json + model.safetensors or sharded with index
   export_hf(model, config, directory, ...)        config.json + model.safetensors (+ tokenizer files),
@@ -52,21 +53,23 @@ _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding
 
 
 # ----------------------------------------------------------------------------- name mapping
-def hf_name(path: tuple) -> str:
-    """HF tensor name of a Transformer parameter path, e.g. ('layers', 0, 'attn', 'q_proj', 'kernel')
-    -> 'model.layers.0.self_attn.q_proj.weight'."""
+def hf_names(path: tuple, num_layers: int) -> list[str]:
+    """HF tensor names of one Transformer parameter: one name for a global parameter, one per layer (in
+    layer order) for a stacked layer parameter, e.g. ('layers', 'attn', 'q_proj', 'kernel') ->
+    ['model.layers.0.self_attn.q_proj.weight', 'model.layers.1.self_attn.q_proj.weight', ...]."""
     *module, leaf = (str(p) for p in path)
     if leaf not in _LEAF_NAMES:
         raise ValueError(f"no Hugging Face name for parameter {'.'.join(map(str, path))}")
     suffix = _LEAF_NAMES[leaf]
     if module == ["embed"]:
-        return "model.embed_tokens.weight"
+        return ["model.embed_tokens.weight"]
     if module == ["final_norm"]:
-        return "model.norm.weight"
+        return ["model.norm.weight"]
     if module == ["lm_head"]:
-        return "lm_head.weight"
-    if len(module) >= 2 and module[0] == "layers" and ".".join(module[2:]) in _LAYER_MODULES:
-        return f"model.layers.{module[1]}.{_LAYER_MODULES['.'.join(module[2:])]}.{suffix}"
+        return ["lm_head.weight"]
+    if module and module[0] == "layers" and ".".join(module[1:]) in _LAYER_MODULES:
+        hf_module = _LAYER_MODULES[".".join(module[1:])]
+        return [f"model.layers.{i}.{hf_module}.{suffix}" for i in range(num_layers)]
     raise ValueError(f"no Hugging Face name for parameter {'.'.join(map(str, path))}")
 
 
@@ -125,12 +128,12 @@ def hf_to_params(config: LlamaConfig, tensors: Mapping[str, np.ndarray], *, sour
     for path, var in nnx.to_flat_state(state):
         if not isinstance(var, nnx.Param):
             raise ValueError(f"hf_to_params: unexpected non-parameter state at {path}")
-        value = np.asarray(tensors[hf_name(path)])
-        if _is_kernel(path):
-            value = value.T
+        names = hf_names(path, config.num_layers)
+        values = [np.asarray(tensors[n]).T if _is_kernel(path) else np.asarray(tensors[n]) for n in names]
+        value = np.stack(values) if str(path[0]) == "layers" else values[0]
         target = var.get_value().shape
         if value.shape != tuple(target):
-            raise ValueError(f"{source}: tensor {hf_name(path)} maps to shape {value.shape}, the model "
+            raise ValueError(f"{source}: tensor(s) {names[0]} ... map to shape {value.shape}, the model "
                              f"parameter {'.'.join(map(str, path))} has {tuple(target)}")
         filled.append((path, var.replace(jnp.asarray(value, dtype=pdt))))
     return nnx.merge(graphdef, nnx.from_flat_state(filled))
@@ -141,7 +144,10 @@ def params_to_hf(model: Transformer) -> dict[str, np.ndarray]:
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = np.asarray(jax.device_get(var.get_value()))
-        out[hf_name(path)] = np.ascontiguousarray(value.T if _is_kernel(path) else value)
+        names = hf_names(path, model.config.num_layers)
+        per_name = list(value) if str(path[0]) == "layers" else [value]
+        for name, v in zip(names, per_name, strict=True):
+            out[name] = np.ascontiguousarray(v.T if _is_kernel(path) else v)
     return out
 
 

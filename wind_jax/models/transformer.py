@@ -1,22 +1,28 @@
 """Llama-family causal decoder in Flax NNX (HF LlamaForCausalLM semantics), plus `sequence_logprobs`.
 
-Parameter tree (stable: wind_jax.models.convert maps checkpoints onto these paths; kernels are [in, out]):
+Parameter tree (stable: wind_jax.models.convert maps checkpoints onto these paths; kernels are [in, out]).
+The decoder layers are ONE module whose parameters are stacked over a leading layer axis L (logical
+axis "layers"): layers.attn.q_proj.kernel is [L, hidden, heads*head_dim], layer i is index i.
   embed.embedding                     [vocab, hidden]                ("vocab", "embed")
-  layers[i].input_norm.scale          [hidden]                       ("embed",)
-  layers[i].attn.q_proj.kernel        [hidden, heads*head_dim]       ("embed", "heads")
-  layers[i].attn.k_proj.kernel        [hidden, kv_heads*head_dim]    ("embed", "kv_heads")
-  layers[i].attn.v_proj.kernel        [hidden, kv_heads*head_dim]    ("embed", "kv_heads")
-  layers[i].attn.o_proj.kernel        [heads*head_dim, hidden]       ("heads", "embed")
-  (with attention_bias: *.bias        [out]                          (out axis name,))
-  layers[i].post_attn_norm.scale      [hidden]                       ("embed",)
-  layers[i].mlp.gate_proj.kernel      [hidden, intermediate]         ("embed", "mlp")
-  layers[i].mlp.up_proj.kernel        [hidden, intermediate]         ("embed", "mlp")
-  layers[i].mlp.down_proj.kernel      [intermediate, hidden]         ("mlp", "embed")
+  layers.input_norm.scale             [L, hidden]                    ("layers", "embed")
+  layers.attn.q_proj.kernel           [L, hidden, heads*head_dim]    ("layers", "embed", "heads")
+  layers.attn.k_proj.kernel           [L, hidden, kv_heads*head_dim] ("layers", "embed", "kv_heads")
+  layers.attn.v_proj.kernel           [L, hidden, kv_heads*head_dim] ("layers", "embed", "kv_heads")
+  layers.attn.o_proj.kernel           [L, heads*head_dim, hidden]    ("layers", "heads", "embed")
+  (with attention_bias: *.bias        [L, out]                       ("layers", out axis name))
+  layers.post_attn_norm.scale         [L, hidden]                    ("layers", "embed")
+  layers.mlp.gate_proj.kernel         [L, hidden, intermediate]      ("layers", "embed", "mlp")
+  layers.mlp.up_proj.kernel           [L, hidden, intermediate]      ("layers", "embed", "mlp")
+  layers.mlp.down_proj.kernel         [L, intermediate, hidden]      ("layers", "mlp", "embed")
   final_norm.scale                    [hidden]                       ("embed",)
   lm_head.kernel                      [hidden, vocab]                ("embed", "vocab")   (untied only)
 The fused projection axes ("heads", "kv_heads") are head-major (head h owns columns h*head_dim ...), so
-sharding them over a mesh axis splits whole heads. The KV cache uses ("batch", "cache_seq", "kv_heads",
-"head_dim").
+sharding them over a mesh axis splits whole heads. The KV cache is stacked too: k and v are
+[L, B, S, kv_heads, head_dim] ("layers", "batch", "cache_seq", "kv_heads", "head_dim").
+
+The layers run as one jax.lax.scan over the stacked parameters (config.scan_layers; False runs a Python
+loop over the same parameters), each layer under jax.checkpoint with config.remat's policy; attention
+goes through wind_jax.models.attention with backend config.attention.
 
 Sharding metadata: every nnx.Param carries its logical axis names in the standard Flax metadata key
 `out_sharding` (a tuple of logical names), created with `eager_sharding=False` so no mesh is needed at
@@ -35,10 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wind_jax.models.attention import AttentionMask, attention
 from wind_jax.models.config import LlamaConfig, rope_inv_frequencies
 
 Array = jax.Array
-KVCache = dict[str, Any]  # {"k": tuple[L] of [B,S,KV,hd], "v": same, "mask": [B,S] bool, "index": int32 []}
+KVCache = dict[str, Any]  # {"k": [L,B,S,KV,hd], "v": same, "mask": [B,S] bool, "index": int32 []}
+CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
 
 SHARDING_METADATA_KEY = "out_sharding"
 
@@ -117,7 +125,7 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 
 class Attention(nnx.Module):
-    """Grouped-query causal self-attention with an optional KV cache."""
+    """Grouped-query causal self-attention with an optional (stacked) KV cache."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         c = config
@@ -128,29 +136,25 @@ class Attention(nnx.Module):
         self.v_proj = Dense(d, c.num_kv_heads * hd, ("embed", "kv_heads"), **kw)
         self.o_proj = Dense(c.num_heads * hd, d, ("heads", "embed"), **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, hd
+        self.impl = c.attention
 
-    def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array, q_slot: Array, k_slot: Array,
-                 layer_cache: tuple[Array, Array] | None, write_index: Array | None):
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: AttentionMask, kv_cache):
+        """kv_cache: None or (k [L,B,S,KV,hd], v, layer index, write index); returns (out, (k, v) | None)."""
         b, t, _ = x.shape
         h, kvh, hd = self.num_heads, self.num_kv_heads, self.head_dim
         q = apply_rope(self.q_proj(x).reshape(b, t, h, hd), cos, sin)
         k = apply_rope(self.k_proj(x).reshape(b, t, kvh, hd), cos, sin)
         v = self.v_proj(x).reshape(b, t, kvh, hd)
         new_cache = None
-        if layer_cache is not None:
-            ck, cv = layer_cache
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
+        if kv_cache is not None:
+            ck, cv, layer, write_index = kv_cache
+            at = (layer, 0, write_index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
+            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
             new_cache = (ck, cv)
-            k, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        g = h // kvh
-        q = q.reshape(b, t, kvh, g, hd)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (1.0 / np.sqrt(hd))
-        allowed = (k_slot[None, :] <= q_slot[:, None])[None] & key_mask[:, None, :]  # [B, T, S]
-        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * hd)
+            k = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False)
+        out = attention(q, k, v, mask, self.impl).reshape(b, t, h * hd)
         return self.o_proj(out), new_cache
 
 
@@ -174,12 +178,31 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, key_mask, q_slot, k_slot, layer_cache, write_index):
-        a, new_cache = self.attn(self.input_norm(x), cos, sin, key_mask, q_slot, k_slot, layer_cache,
-                                 write_index)
+    def __call__(self, x, cos, sin, mask: AttentionMask, kv_cache):
+        a, new_cache = self.attn(self.input_norm(x), cos, sin, mask, kv_cache)
         x = x + a
         x = x + self.mlp(self.post_attn_norm(x))
         return x, new_cache
+
+
+def _stacked_layers(config: LlamaConfig, rngs: nnx.Rngs) -> DecoderLayer:
+    """config.num_layers DecoderLayers as one module with parameters stacked on a leading "layers" axis."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs):
+        return DecoderLayer(config, rngs=rngs)
+
+    return make(rngs)
+
+
+def remat_policy(name: str):
+    """jax.checkpoint policy of LlamaConfig.remat "full" (keep nothing) or "dots" (keep projections)."""
+    if name == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    if name == "dots":
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    raise ValueError(f"remat policy must be 'full' or 'dots' here, got {name!r}")
 
 
 def positions_from_mask(attention_mask: Array, offset: Array | None = None) -> Array:
@@ -198,7 +221,7 @@ class Transformer(nnx.Module):
             raise ValueError(f"config must be a LlamaConfig, got {type(config).__name__}")
         self.config = config
         self.embed = Embed(config, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.layers = _stacked_layers(config, rngs)
         self.final_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
         self.lm_head = (None if config.tie_word_embeddings else
                         Dense(config.hidden_size, config.vocab_size, ("embed", "vocab"), config=config,
@@ -211,10 +234,10 @@ class Transformer(nnx.Module):
             raise ValueError(f"init_cache: batch_size and max_len must be positive, got {batch_size}, {max_len}")
         c = self.config
         dtype = jnp.dtype(dtype or c.dtype)
-        shape = (batch_size, max_len, c.num_kv_heads, c.head_dim)
+        shape = (c.num_layers, batch_size, max_len, c.num_kv_heads, c.head_dim)
         return {
-            "k": tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers)),
-            "v": tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers)),
+            "k": jnp.zeros(shape, dtype),
+            "v": jnp.zeros(shape, dtype),
             "mask": jnp.zeros((batch_size, max_len), bool),
             "index": jnp.zeros((), jnp.int32),
         }
@@ -235,7 +258,8 @@ class Transformer(nnx.Module):
         if cache is None:
             if positions is None:
                 positions = positions_from_mask(attention_mask)
-            key_mask, q_slot, k_slot, write_index = attention_mask, jnp.arange(t), jnp.arange(t), None
+            mask = AttentionMask(jnp.arange(t), jnp.arange(t), attention_mask, attention_mask.astype(jnp.int32))
+            write_index, kv = None, None
         else:
             s = cache["mask"].shape[1]
             if cache["mask"].shape[0] != b:
@@ -245,23 +269,39 @@ class Transformer(nnx.Module):
                 seen = jnp.sum(cache["mask"].astype(jnp.int32), axis=1)
                 positions = positions_from_mask(attention_mask, seen)
             key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, write_index))
-            q_slot = write_index + jnp.arange(t)
-            k_slot = jnp.arange(s)
+            mask = AttentionMask(write_index + jnp.arange(t), jnp.arange(s), key_mask)
+            kv = (cache["k"], cache["v"])
         cos, sin = rope_cos_sin(jnp.asarray(positions), self.config)
         x = self.embed(tokens)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
-            x, lc = layer(x, cos, sin, key_mask, q_slot, k_slot, layer_cache, write_index)
-            if lc is not None:
-                new_k.append(lc[0])
-                new_v.append(lc[1])
+        x, kv = self._run_layers(x, cos, sin, mask, kv, write_index)
         x = self.final_norm(x)
         new_cache = None
         if cache is not None:
-            new_cache = {"k": tuple(new_k), "v": tuple(new_v), "mask": key_mask,
+            new_cache = {"k": kv[0], "v": kv[1], "mask": mask.key_mask,
                          "index": (write_index + t).astype(jnp.int32)}
         return x, new_cache
+
+    def _run_layers(self, x, cos, sin, mask, kv, write_index):
+        """The stacked layers over x: one lax.scan (config.scan_layers) or a Python loop, with remat."""
+        c = self.config
+        graphdef, params = nnx.split(self.layers)
+
+        def one_layer(carry, xs):
+            x, kv = carry
+            i, layer_params = xs
+            layer = nnx.merge(graphdef, layer_params)
+            x, kv = layer(x, cos, sin, mask, None if kv is None else (*kv, i, write_index))
+            return (x, kv), None
+
+        if c.remat != "none":
+            one_layer = jax.checkpoint(one_layer, policy=remat_policy(c.remat), prevent_cse=not c.scan_layers)
+        carry = (x, kv)
+        if c.scan_layers:
+            carry, _ = jax.lax.scan(one_layer, carry, (jnp.arange(c.num_layers), params))
+        else:
+            for i in range(c.num_layers):
+                carry, _ = one_layer(carry, (jnp.asarray(i), jax.tree.map(lambda p, i=i: p[i], params)))
+        return carry
 
     def logits_from_hidden(self, h: Array) -> Array:
         """float32 logits [..., V] from final-normed hidden states."""
