@@ -104,7 +104,9 @@ def test_chat_template_literal_and_jinja(tok, tmp_path):
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     expected = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
                 "<|im_end|>\n<|im_start|>assistant\n")
-    assert tok.apply_chat_template(msgs) == expected
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == expected
+    assert tok.apply_chat_template(msgs, add_generation_prompt=True) == tok.encode(expected)  # HF: tokenize=True
+    assert tok.apply_chat_template(msgs, tokenize=False) == expected.removesuffix("<|im_start|>assistant\n")
     jinja2 = pytest.importorskip("jinja2")
     convs = [msgs,
              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -112,7 +114,7 @@ def test_chat_template_literal_and_jinja(tok, tmp_path):
     template = jinja2.Environment().from_string(SMOL_TEMPLATE)
     for conv in convs:
         for gen in (True, False):
-            assert tok.apply_chat_template(conv, add_generation_prompt=gen) == \
+            assert tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen) == \
                 template.render(messages=conv, add_generation_prompt=gen)
     # the saved tokenizer_config.json carries an equivalent jinja template, and loads back identically
     tok.save_pretrained(tmp_path / "saved")
@@ -120,7 +122,8 @@ def test_chat_template_literal_and_jinja(tok, tmp_path):
     saved = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
     saved_template = jinja2.Environment().from_string(saved["chat_template"])
     for conv in convs:
-        assert saved_template.render(messages=conv, add_generation_prompt=True) == tok.apply_chat_template(conv)
+        assert saved_template.render(messages=conv, add_generation_prompt=True) == \
+            tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
     back = Tokenizer.from_dir(tmp_path / "saved")
     assert (back.bos_id, back.eos_id, back.pad_id, back.default_system) == (1, 2, 2, SYSTEM)
     text = "<|im_start|>user\n 12 the é<|im_end|>"
@@ -181,11 +184,14 @@ def test_smollm2_tokenizer_matches_transformers(tmp_path, smollm2_gguf):
         assert ours.decode(ours.encode(text), skip_special_tokens=False) == text
     assert (ours.bos_id, ours.eos_id) == (ref.bos_token_id, ref.eos_token_id)
     conv = [{"role": "user", "content": "What is the capital of France?"}]
-    assert ours.apply_chat_template(conv) == ref.apply_chat_template(conv, tokenize=False,
-                                                                     add_generation_prompt=True)
+    for gen in (False, True):
+        assert ours.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen) == \
+            ref.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen)
+        assert ours.apply_chat_template(conv, add_generation_prompt=gen) == \
+            list(ref.apply_chat_template(conv, add_generation_prompt=gen, return_dict=True)["input_ids"])
     ours.save_pretrained(tmp_path / "saved")
     reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
     for text in texts:
         assert reloaded.encode(text, add_special_tokens=False) == ours.encode(text), text
     assert reloaded.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) == \
-        ours.apply_chat_template(conv)
+        ours.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)

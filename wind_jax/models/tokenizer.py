@@ -2,7 +2,9 @@
 
 Sources: a GGUF file's `tokenizer.ggml.*` metadata (`Tokenizer.from_gguf`) or a Hugging Face directory with
 tokenizer.json (`Tokenizer.from_dir`). The ChatML chat template of SmolLM2-Instruct / Qwen-style models is
-implemented in Python (`apply_chat_template`); `save_pretrained` writes files transformers reads.
+implemented in Python (`apply_chat_template`, Hugging Face's signature: tokenize=, add_generation_prompt=);
+`save_pretrained` writes files transformers reads (tokenizer.json, tokenizer_config.json with the jinja
+chat template and special tokens), world-readable.
 """
 from __future__ import annotations
 
@@ -168,14 +170,18 @@ class Tokenizer:
         return self.backend.token_to_id(token)
 
     # ------------------------------------------------------------------ chat
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *,
-                            add_generation_prompt: bool = True) -> str:
-        """ChatML: '<|im_start|>{role}\\n{content}<|im_end|>\\n' per message, a default system turn first
-        when the conversation has none and `default_system` is set, then '<|im_start|>assistant\\n'."""
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
-            raise ValueError("apply_chat_template: messages must be a non-empty list of {role, content}")
+    def apply_chat_template(self, conversation: Sequence[Mapping[str, str]], *, tokenize: bool = True,
+                            add_generation_prompt: bool = False) -> list[int] | str:
+        """ChatML rendering with Hugging Face's signature and defaults: token ids (``tokenize=True``, no
+        extra BOS since ChatML starts with <|im_start|>) or the text (``tokenize=False``).
+
+        Each message becomes '<|im_start|>{role}\\n{content}<|im_end|>\\n', preceded by a default system
+        turn when the conversation has none and `default_system` is set; ``add_generation_prompt``
+        appends '<|im_start|>assistant\\n' (the start of the reply to generate)."""
+        if isinstance(conversation, (str, bytes)) or not isinstance(conversation, Sequence) or not conversation:
+            raise ValueError("apply_chat_template: conversation must be a non-empty list of {role, content}")
         parts = []
-        for i, message in enumerate(messages):
+        for i, message in enumerate(conversation):
             if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
                 raise ValueError(f"apply_chat_template: messages[{i}] must be a mapping with 'role' and "
                                  "'content'")
@@ -190,13 +196,14 @@ class Tokenizer:
             parts.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
         if add_generation_prompt:
             parts.append("<|im_start|>assistant\n")
-        return "".join(parts)
+        text = "".join(parts)
+        return self.encode(text, add_bos=False) if tokenize else text
 
     def encode_chat(self, messages: Sequence[Mapping[str, str]], *,
                     add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of the chat-templated conversation (no extra BOS: ChatML starts with <|im_start|>)."""
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt),
-                           add_bos=False)
+        """Prompt ids for generation: ``apply_chat_template(messages, tokenize=True,
+        add_generation_prompt=True)``."""
+        return self.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
 
     # ------------------------------------------------------------------ save
     def save_pretrained(self, directory: str | os.PathLike) -> list[str]:
@@ -227,4 +234,6 @@ class Tokenizer:
         cfg_path = os.path.join(directory, "tokenizer_config.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f, indent=2)
+        for path in (tok_path, cfg_path):
+            os.chmod(path, 0o644)  # readable by every user, like any model directory
         return [tok_path, cfg_path]
