@@ -202,3 +202,28 @@ def test_invalid_input_raises(call, match):
     pi, P, r = ref.random_problem(29, 2, 4, kind="reward")
     with pytest.raises(ValueError, match=match):
         call(pi, P, r)
+
+
+def test_float64_casts_of_float32_inputs_and_python_lists(x64):
+    """Issue 14: float32 policies / preferences cast to float64 pass validation (float32 rounding, ~1e-7, is
+    within the float64 tolerance), Python lists are accepted, and a real float64 error is still caught."""
+    pi32 = np.asarray(games.dirichlet_policy(jax.random.key(3), 3, 50, dtype=jnp.float32))
+    P32 = np.asarray(games.nontransitive_preference(jax.random.key(4), 3, 50, dtype=jnp.float32))
+    P32 = jax.nn.sigmoid(jnp.log(P32) - jnp.log1p(-P32))  # float32 sigmoid output: P + P^T = 1 up to rounding
+    pi64, P64 = pi32.astype(np.float64), np.asarray(P32).astype(np.float64)
+    assert np.max(np.abs(pi64.sum(-1) - 1)) > 1e-8 or np.max(np.abs(P64 + np.swapaxes(P64, 1, 2) - 1)) > 1e-8
+    w = games.win_rate(P64, pi64)
+    np.testing.assert_allclose(w, ref.win_rate(P64, pi64), atol=1e-12)
+    e_list = games.exploitability(pi64.tolist(), P64.tolist())
+    np.testing.assert_allclose(e_list, ref.win_rate(P64, pi64).max(-1) - 0.5, atol=1e-12)
+    ints = games.win_rate([[[0.5, 1], [0, 0.5]]], [[1, 0]])  # integer entries in lists
+    np.testing.assert_allclose(ints, [[0.5, 0.0]])
+    with pytest.raises(ValueError, match="rows of `pi` must sum to 1"):
+        games.win_rate(P64, pi64 * (1 + 1e-4))
+
+
+def test_python_lists_without_x64():
+    pi, P, _ = ref.random_problem(30, 2, 3)
+    out = games.exact_wind(pi.tolist(), P.tolist(), 0.5, 1.0, 2, pi_init=pi.tolist())
+    np.testing.assert_allclose(out, games.exact_wind(pi.astype(np.float32), P.astype(np.float32), 0.5, 1.0, 2),
+                               atol=1e-6)

@@ -12,6 +12,7 @@ from wind_jax.games.best_of_n import (
     iterative_bon_reward,
     mixing_to_beta,
 )
+from wind_jax.games.frontier import frontier_win_rate_at_kl, win_rate_frontier
 from wind_jax.games.metrics import (
     exploitability,
     kl,
@@ -47,6 +48,7 @@ __all__ = [
     "dirichlet_policy",
     "exact_wind",
     "exploitability",
+    "frontier_win_rate_at_kl",
     "iterative_bon",
     "iterative_bon_reward",
     "kl",
@@ -62,6 +64,7 @@ __all__ = [
     "reward_to_preference",
     "support_size",
     "win_rate",
+    "win_rate_frontier",
     "wind_equilibrium",
     "wind_step",
 ]

@@ -7,6 +7,7 @@ someone else's jit / vmap / grad) the check is skipped, so the jitted cores stay
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -15,8 +16,21 @@ def is_concrete(*xs) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
+def as_array(x):
+    """x as a JAX array (Python lists and NumPy arrays are converted; tracers pass through unchanged)."""
+    return x if not is_concrete(x) else jnp.asarray(x)
+
+
+def as_arrays(*xs):
+    return tuple(as_array(x) for x in xs)
+
+
 def _tol(a: np.ndarray) -> float:
-    return 1e-8 if a.dtype == np.float64 else 2e-4
+    """Tolerance of the row-sum and P + P^T checks, by the dtype the cores will compute in: float32 unless x64
+    is on and the input is float64. The float64 tolerance (1e-6) admits float64 casts of float32 arrays
+    (float32 rounding is ~1e-7) while still catching real mistakes."""
+    computes_in = jax.dtypes.canonicalize_dtype(a.dtype)
+    return 1e-6 if computes_in == np.float64 else 2e-4
 
 
 def _array(name: str, x, ndim: int) -> np.ndarray | None:

@@ -34,6 +34,7 @@ def _best_of_n_reward(pi, r, n):
 
 def best_of_n_reward(pi, r, n) -> jax.Array:
     """Exact best-of-n policy for a reward with ties (MATH.md; BOND Thm 1). pi, r: [X, Y] -> [X, Y]."""
+    pi, r = v.as_arrays(pi, r)
     v.check_policy("pi", pi)
     v.check_reward("r", r)
     v.check_same_shape(("pi", "r"), pi, r)
@@ -53,6 +54,7 @@ def best_of_n(pi, P, n) -> jax.Array:
 
     pi [X, Y], P [X, Y, Y] -> [X, Y].
     """
+    pi, P = v.as_arrays(pi, P)
     v.check_game("pi", pi, P)
     v.check_scalar("n", n, low=2, low_inclusive=True)
     return jnp.exp(_log_best_of_n(_ops.log_prob(pi), P, n))
@@ -96,6 +98,7 @@ def iterative_bon(pi_ref, P, n, alpha, num_steps: int, *, return_trajectory: boo
     (when it does) to pibar*_beta with beta = alpha / ((1-alpha)(n-1)). Returns pi_T [X, Y], or the stacked
     iterates [num_steps + 1, X, Y] with return_trajectory=True.
     """
+    pi_ref, P = v.as_arrays(pi_ref, P)
     v.check_game("pi_ref", pi_ref, P)
     num_steps = _check_bon_hparams(n, alpha, num_steps)
     return _iterative_bon(pi_ref, P, n, alpha, num_steps, bool(return_trajectory))
@@ -115,6 +118,7 @@ def _iterative_bon_reward(pi_ref, r, n, alpha, num_steps, return_trajectory):
 
 def iterative_bon_reward(pi_ref, r, n, alpha, num_steps: int, *, return_trajectory: bool = False):
     """Algorithm 1 with the exact tie-aware reward BoN: pi_{t+1} ∝ BoN_n(pi_t)^(1-alpha) pi_ref^alpha."""
+    pi_ref, r = v.as_arrays(pi_ref, r)
     v.check_policy("pi_ref", pi_ref)
     v.check_reward("r", r)
     v.check_same_shape(("pi_ref", "r"), pi_ref, r)

@@ -18,6 +18,7 @@ def _kl(p, q):
 
 def kl(p, q) -> jax.Array:
     """KL(p || q) per context, sum_y p (log p - log q) with 0 log 0 = 0 (inf if p leaves q's support)."""
+    p, q = v.as_arrays(p, q)
     v.check_policy("p", p)
     v.check_policy("q", q)
     v.check_same_shape(("p", "q"), p, q)
@@ -31,6 +32,7 @@ def _exploitability(pi, P):
 
 def exploitability(pi, P) -> jax.Array:
     """Duality gap of the unregularized preference game: max_y w_pi(y) - 1/2, per context, in [0, 1/2]."""
+    pi, P = v.as_arrays(pi, P)
     v.check_game("pi", pi, P)
     return _exploitability(pi, P)
 
@@ -48,6 +50,7 @@ def regularized_gap(pi, pi_ref, P, beta) -> jax.Array:
     Equals max_p f(p, pi) - min_q f(pi, q) for f(p, q) = P(p > q) - beta KL(p||pi_ref) + beta KL(q||pi_ref)
     (using sum_y pi w_pi = 1/2); zero iff pi = pi*_beta.
     """
+    pi, pi_ref, P = v.as_arrays(pi, pi_ref, P)
     v.check_policy("pi", pi)
     v.check_policy("pi_ref", pi_ref)
     v.check_same_shape(("pi", "pi_ref"), pi, pi_ref)
@@ -64,6 +67,7 @@ def _policy_win_rate(pi, pi_prime, P):
 
 def policy_win_rate(pi, pi_prime, P) -> jax.Array:
     """P(pi > pi') = E_x sum_{y,y'} pi[x,y] P[x,y,y'] pi'[x,y'] (uniform over contexts). Scalar."""
+    pi, pi_prime, P = v.as_arrays(pi, pi_prime, P)
     v.check_policy("pi", pi)
     v.check_policy("pi_prime", pi_prime)
     v.check_same_shape(("pi", "pi_prime"), pi, pi_prime)
@@ -79,5 +83,6 @@ def _support_size(pi, threshold):
 
 def support_size(pi, threshold: float = 1e-3) -> jax.Array:
     """Number of responses with probability above `threshold`, per context."""
+    pi = v.as_array(pi)
     v.check_policy("pi", pi)
     return _support_size(pi, threshold)

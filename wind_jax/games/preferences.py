@@ -21,6 +21,7 @@ def _win_rate(P, pi):
 
 def win_rate(P, pi) -> jax.Array:
     """w_pi[x, y] = P(y > pi | x) = sum_y' P[x, y, y'] pi[x, y'] (MATH.md "Notation"). Returns [X, Y]."""
+    P, pi = v.as_arrays(P, pi)
     v.check_game("pi", pi, P)
     return _win_rate(P, pi)
 
@@ -33,6 +34,7 @@ def _log_win_rate(P, pi):
 
 def log_win_rate(P, pi) -> jax.Array:
     """log w_pi with w floored at the dtype's smallest normal number (finite even if y loses to all of pi)."""
+    P, pi = v.as_arrays(P, pi)
     v.check_game("pi", pi, P)
     return _log_win_rate(P, pi)
 
@@ -45,6 +47,7 @@ def _reward_to_preference(r):
 
 def reward_to_preference(r) -> jax.Array:
     """P = 1{r > r'} + 1/2 1{r = r'} (MATH.md, reward special case). r: [X, Y] -> P [X, Y, Y]."""
+    r = v.as_array(r)
     v.check_reward("r", r)
     return _reward_to_preference(r)
 

@@ -88,6 +88,7 @@ def _check_wind(pi_ref, P, beta, eta, parametrization, *, beta_zero_ok=False):
 
 def wind_step(pi, pi_ref, P, beta, eta, *, parametrization: str = "md") -> jax.Array:
     """One exact WIND step from pi (MATH.md Algorithm 2). beta = 0 gives SPPO's exact Hedge step."""
+    pi, pi_ref, P = v.as_arrays(pi, pi_ref, P)
     _check_wind(pi_ref, P, beta, eta, parametrization, beta_zero_ok=True)
     v.check_policy("pi", pi)
     v.check_same_shape(("pi", "pi_ref"), pi, pi_ref)
@@ -121,10 +122,12 @@ def exact_wind(
     Returns pi_T [X, Y] or, with return_trajectory=True, the iterates [num_steps + 1, X, Y].
     beta = 0 is allowed (SPPO's exact Hedge update; no last-iterate guarantee).
     """
+    pi_ref, P = v.as_arrays(pi_ref, P)
     _check_wind(pi_ref, P, beta, eta, parametrization, beta_zero_ok=True)
     if pi_init is None:
         pi_init = pi_ref
     else:
+        pi_init = v.as_array(pi_init)
         v.check_policy("pi_init", pi_init)
         v.check_same_shape(("pi_init", "pi_ref"), pi_init, pi_ref)
     num_steps = v.check_num_steps("num_steps", num_steps)
@@ -241,6 +244,7 @@ def _log_win_rate_equilibrium(pi_ref, P, beta, eta, tol, max_steps, method):
 
 
 def _equilibrium(core, name, pi_ref, P, beta, step, tol, max_steps, method, return_info):
+    pi_ref, P = v.as_arrays(pi_ref, P)
     v.check_game("pi_ref", pi_ref, P)
     v.check_scalar("beta", beta, low=0.0)
     v.check_scalar("step", step, low=0.0)
