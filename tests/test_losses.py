@@ -302,6 +302,19 @@ def test_bonbon_hand_computed():
     assert abs(float(alias[0]) - float(loss[0])) < 1e-6
 
 
+def test_bonbon_sigmoid_default_temperature_is_tied_to_n():
+    """Default temperature = BoNBoN's released-code 1 / (2 (n-1) H_{n-1}): 0.0275 for n = 8, recomputed here from
+    the harmonic number; it follows n (n = 4: 1 / (2 * 3 * 11/6) = 1/11) unless beta_sigmoid > 0 is given."""
+    assert L.bonbon_temperature(8) == pytest.approx(1.0 / (2 * 7 * sum(1.0 / k for k in range(1, 8))), rel=1e-12)
+    assert round(L.bonbon_temperature(8), 4) == 0.0275
+    margin = 2.0  # rho_w - rho_l of PAIR / PAIR_REF
+    for n, tau in ((8, L.bonbon_temperature(8)), (4, 1.0 / 11.0)):
+        loss, _ = L.compute_loss("bonbon_sigmoid", PAIR, PAIR_REF, {"alpha": 0.0, "n": n})
+        assert float(loss[0]) == pytest.approx(math.log1p(math.exp(-tau * margin)), rel=1e-6)
+    with pytest.raises(ValueError, match="beta_sigmoid"):
+        L.compute_loss("bonbon_sigmoid", PAIR, PAIR_REF, {"beta_sigmoid": -1.0})
+
+
 def test_wind_sq_and_offset_hand_computed():
     lp = {"y": np.array([-3.0]), "offset": np.array([0.25])}
     batch = {"prev_y": np.array([-2.0]), "ref_y": np.array([-4.0]), "target": np.array([1.0])}

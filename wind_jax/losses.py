@@ -38,6 +38,7 @@ __all__ = [
     "single_duel_targets",
     "sppo_win_rates",
     "bonbon_margin",
+    "bonbon_temperature",
     "wind_residual",
 ]
 
@@ -89,6 +90,11 @@ def bonbon_margin(n: int) -> float:
         raise ValueError(f"bonbon_margin: n must be an integer >= 2, got {n!r}")
     n = int(n)
     return (n - 1) * math.fsum(1.0 / k for k in range(1, n))
+
+
+def bonbon_temperature(n: int) -> float:
+    """1 / (2 (n-1) H_{n-1}): the DPO-sigmoid temperature of BoNBoN's released code (0.0275 for n = 8)."""
+    return 1.0 / (2.0 * bonbon_margin(n))
 
 
 def sppo_win_rates(scores: Array) -> tuple[Array, Array]:
@@ -262,7 +268,13 @@ def _sppo(logps, batch, hp):
 
 
 def _sppo_hard(logps, batch, hp):
-    """sppo_hard: SPPO with hard targets w_w = 1, w_l = 0 (SPPO's released 'sppo_hard' variant)."""
+    """sppo_hard: SPPO with hard targets w_w = 1, w_l = 0: 1/2 [(a - eta/2)^2 + (b + eta/2)^2].
+
+    The name is TRL's (its DPO trainer's ``loss_type="sppo_hard"``). Official SPPO has no separate name for it:
+    it is ``sppo`` with hard (0/1) preference probabilities. TRL's ``sppo_hard`` is (a - eta/2)^2 + (b + eta/2)^2,
+    i.e. 2x this loss; the factor 1/2 here is the official SPPO form (MATH.md Baselines), so at equal eta and
+    learning rate this loss's gradients are half of TRL's.
+    """
     one = jnp.ones_like(_f(logps["chosen"]))
     return _sppo_core(logps, batch, hp, one, 0.0 * one)
 
@@ -300,13 +312,17 @@ def _bonbon(logps, batch, hp):
 
     rho = log pi_theta - log pi_0 on the best (chosen) and worst (rejected) of n samples of pi_0 = ref.
     sigmoid = 1 selects the released-code variant: DPO's -log sigmoid(beta_sigmoid (rho_w - rho_l)) replaces
-    the squared term (beta_sigmoid is our name for its scale; default 0.1 as DPO's).
+    the squared term. beta_sigmoid = 0 (the default) means BoNBoN's released-code temperature, tied to n:
+    :func:`bonbon_temperature` = 1 / (2 (n-1) H_{n-1}) (0.0275 for n = 8), the IPO temperature whose target
+    margin 1/(2 tau) is BoN_n's (n-1) H_{n-1}; a positive value overrides it.
     """
     rho_w = _f(logps["chosen"]) - _sg(batch["ref_chosen"])
     rho_l = _f(logps["rejected"]) - _sg(batch["ref_rejected"])
     m = rho_w - rho_l
-    sq = jnp.square(m - bonbon_margin(int(hp["n"])))
-    sig = -jax.nn.log_sigmoid(hp["beta_sigmoid"] * m)
+    n = int(hp["n"])
+    sq = jnp.square(m - bonbon_margin(n))
+    temperature = jnp.where(jnp.asarray(hp["beta_sigmoid"]) > 0, hp["beta_sigmoid"], bonbon_temperature(n))
+    sig = -jax.nn.log_sigmoid(temperature.astype(m.dtype) * m)
     pair = sig if hp["sigmoid"] else sq
     loss = hp["alpha"] * (-_f(logps["chosen"])) + (1.0 - hp["alpha"]) * pair
     metrics = _pair_metrics(logps["chosen"], logps["rejected"], rho_w, rho_l)
@@ -370,9 +386,9 @@ LOSSES: dict[str, LossSpec] = {
         _spec("jbond", _jbond, ("y", "best"), ("anchor_y", "lost_to_both"),
               {"mix": 0.5, "gamma": 0.0, "penalty": math.log(16.0)}, ("lost_to_both",)),
         _spec("bonbon", _bonbon, ("chosen", "rejected"), _PAIR_REF,
-              {"alpha": 0.005, "n": 8.0, "sigmoid": 0.0, "beta_sigmoid": 0.1}),
+              {"alpha": 0.005, "n": 8.0, "sigmoid": 0.0, "beta_sigmoid": 0.0}),
         _spec("bonbon_sigmoid", _bonbon, ("chosen", "rejected"), _PAIR_REF,
-              {"alpha": 0.005, "n": 8.0, "sigmoid": 1.0, "beta_sigmoid": 0.1}),
+              {"alpha": 0.005, "n": 8.0, "sigmoid": 1.0, "beta_sigmoid": 0.0}),
         _spec("dpo", _dpo, ("chosen", "rejected"), _PAIR_REF, {"beta": 0.1}),
         _spec("ipo", _ipo, ("chosen", "rejected"), _PAIR_REF, {"tau": 0.1}),
         _spec("bon_distill", _bon_distill, ("y",), (), {}),
@@ -411,7 +427,7 @@ def _check_hparams(spec: LossSpec, hparams: Mapping[str, float] | None) -> dict[
         need(math.isfinite(v), f"{k}={v} must be finite")
     if "eta" in concrete:
         need(c("eta") > 0, f"eta={c('eta')} must be > 0")
-    for k in ("beta", "gamma", "penalty"):
+    for k in ("beta", "gamma", "penalty", "beta_sigmoid"):
         if k in concrete:
             need(c(k) >= 0, f"{k}={c(k)} must be >= 0")
     if "eta" in concrete and "beta" in concrete and spec.name.startswith(("wind", "sppo")):
