@@ -281,3 +281,144 @@ def test_config_validation_and_hf_round_trip():
     d["rope_parameters"] = {**d.pop("rope_scaling"), "rope_theta": d.pop("rope_theta")}
     assert LlamaConfig.from_hf_dict(d) == LlamaConfig.llama31_8b()
     assert LlamaConfig.smollm2_135m().num_params == 134_515_008
+
+
+# ------------------------------------------------------------------ scan, remat, attention backends
+def _loss_and_grads(config, state, graphdef_of, tokens, mask):
+    """sum of logits^2 / size (a loss that reads every logit) and its gradient w.r.t. the parameters."""
+    graphdef = graphdef_of(config)
+
+    @jax.jit
+    def f(params):
+        logits, _ = nnx.merge(graphdef, params)(tokens, attention_mask=mask)
+        real = jnp.where(mask[..., None], logits, 0.0)
+        return jnp.sum(real * real) / real.size, logits
+
+    (loss, logits), grads = jax.value_and_grad(f, has_aux=True)(state)
+    return logits, grads
+
+
+def _graphdef(config):
+    return nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))[0]
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+def test_scanned_layers_equal_unrolled_logits_and_gradients(remat):
+    c = small(num_layers=3)
+    state = nnx.state(make(c))
+    tokens = jnp.asarray(np.random.default_rng(7).integers(0, c.vocab_size, (2, 12)))
+    mask = jnp.asarray(np.arange(12)[None] >= np.array([[0], [4]]))
+    ref_logits, ref_grads = _loss_and_grads(c.replace(scan_layers=False), state, _graphdef, tokens, mask)
+    logits, grads = _loss_and_grads(c.replace(scan_layers=True, remat=remat), state, _graphdef, tokens, mask)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5, rtol=1e-5)
+    flat_ref = dict(nnx.to_flat_state(ref_grads))
+    for path, g in nnx.to_flat_state(grads):
+        want = np.asarray(flat_ref[path].get_value())
+        assert np.abs(want).max() > 0, path  # every parameter gets a gradient
+        np.testing.assert_allclose(np.asarray(g.get_value()), want, atol=1e-5, rtol=1e-5, err_msg=str(path))
+    # the unrolled reference itself is the float64 NumPy forward (layer i = slice i of the stacked params)
+    np_ref = np_forward(c, np_params(nnx.merge(_graphdef(c), state)), np.asarray(tokens), np.asarray(mask))
+    np.testing.assert_allclose(np.asarray(ref_logits)[np.asarray(mask)], np_ref[np.asarray(mask)], atol=1e-4)
+
+
+def test_remat_policies_choose_what_the_backward_pass_keeps():
+    """Activation residuals (stacked over the 3 layers, batch 2, 8 tokens) kept for the backward pass:
+    "full" keeps only the layer inputs, "dots" adds the projection outputs, "none" keeps the most."""
+    from jax._src.ad_checkpoint import saved_residuals  # the list behind jax.ad_checkpoint.print_saved_residuals
+
+    kept, size = {}, {}
+    for remat in ("none", "full", "dots"):
+        c = small(num_layers=3, remat=remat)
+        graphdef, state = nnx.split(make(c, perturb_norms=False))
+        tokens = jnp.zeros((2, 8), jnp.int32)
+        res = saved_residuals(lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens)[0]), state)
+        kept[remat] = {tuple(s.shape) for s, _ in res if s.shape[:3] == (3, 2, 8)}
+        size[remat] = sum(int(np.prod(s.shape)) for s, _ in res if s.shape[:3] == (3, 2, 8))
+    d, f, q, kv = c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    assert kept["full"] == {(3, 2, 8, d)}
+    assert {(3, 2, 8, f), (3, 2, 8, kv), (3, 2, 8, q)} <= kept["dots"]
+    assert size["full"] < size["dots"] < size["none"]
+
+
+def _attention_inputs(b=2, t=128, h=4, kv=2, d=32, pad=37, seed=0):
+    from wind_jax.models.attention import AttentionMask
+
+    rng = np.random.default_rng(seed)
+    q, k, v = (jnp.asarray(rng.standard_normal((b, t, n, d)), jnp.float32) for n in (h, kv, kv))
+    real = np.ones((b, t), bool)
+    real[1, :pad] = False  # left padding in row 1
+    mask = AttentionMask(jnp.arange(t), jnp.arange(t), jnp.asarray(real), jnp.asarray(real, jnp.int32))
+    return q, k, v, mask, real
+
+
+def _np_attention(q, k, v, real):
+    """float64 causal GQA attention over the real tokens of each row."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    out = np.zeros_like(q)
+    g = q.shape[2] // k.shape[2]
+    for b in range(q.shape[0]):
+        idx = np.nonzero(real[b])[0]
+        for hh in range(q.shape[2]):
+            s = q[b, idx, hh] @ k[b, idx, hh // g].T / math.sqrt(q.shape[-1])
+            s = np.where(np.tril(np.ones((len(idx),) * 2)) > 0, s, -np.inf)
+            p = np.exp(s - s.max(-1, keepdims=True))
+            out[b, idx, hh] = (p / p.sum(-1, keepdims=True)) @ v[b, idx, hh // g]
+    return out
+
+
+def test_attention_backends_match_reference():
+    from wind_jax.models.attention import attention, splash_attention
+
+    q, k, v, mask, real = _attention_inputs()
+    want = _np_attention(q, k, v, real)
+    for impl in ("reference", "xla"):
+        got = np.asarray(jax.jit(lambda q, k, v, m, impl=impl: attention(q, k, v, m, impl))(q, k, v, mask))
+        np.testing.assert_allclose(got[real], want[real], atol=1e-5, err_msg=impl)
+    # the TPU kernel itself, run by the Pallas interpreter on CPU
+    got = np.asarray(splash_attention(q, k, v, mask.segment_ids, interpret=True))
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5, err_msg="splash")
+
+
+def test_model_with_xla_attention_equals_reference_backend():
+    c = small()
+    state = nnx.state(make(c))
+    tokens = jnp.asarray(np.random.default_rng(8).integers(0, c.vocab_size, (2, 10)))
+    mask = jnp.asarray(np.arange(10)[None] >= np.array([[0], [3]]))
+    ref_logits, ref_grads = _loss_and_grads(c, state, _graphdef, tokens, mask)
+    logits, grads = _loss_and_grads(c.replace(attention="xla"), state, _graphdef, tokens, mask)
+    m = np.asarray(mask)
+    np.testing.assert_allclose(np.asarray(logits)[m], np.asarray(ref_logits)[m], atol=1e-5)
+    for (path, g), (_, r) in zip(nnx.to_flat_state(grads), nnx.to_flat_state(ref_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(g.get_value()), np.asarray(r.get_value()), atol=1e-5,
+                                   err_msg=str(path))
+
+
+@pytest.mark.slow
+def test_splash_attention_gradients_match_reference():
+    from wind_jax.models.attention import reference_attention, splash_attention
+
+    q, k, v, mask, real = _attention_inputs(seed=1)
+    w = jnp.asarray(real)[..., None, None]
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.where(w, fn(q, k, v), 0.0) ** 2)
+
+    want = jax.grad(loss(lambda q, k, v: reference_attention(q, k, v, mask)), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(loss(lambda q, k, v: splash_attention(q, k, v, mask.segment_ids, interpret=True)),
+                   argnums=(0, 1, 2))(q, k, v)
+    for g, r, name in zip(got, want, "qkv"):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-4, rtol=1e-4, err_msg=name)
+
+
+def test_execution_knobs_are_validated():
+    with pytest.raises(ValueError, match="remat"):
+        LlamaConfig.tiny(remat="dots_everything")
+    with pytest.raises(ValueError, match="attention"):
+        LlamaConfig.tiny(attention="flash")
+    with pytest.raises(ValueError, match="scan_layers"):
+        LlamaConfig.tiny(scan_layers=1)
+    with pytest.raises(ValueError, match="divisible by 128"):
+        from wind_jax.models.attention import splash_attention
+
+        q, k, v, mask, _ = _attention_inputs(t=100, pad=3)
+        splash_attention(q, k, v, mask.segment_ids, interpret=True)
