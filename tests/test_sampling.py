@@ -7,7 +7,7 @@ from flax import nnx
 from scipy import stats
 
 from wind_jax.models import LlamaConfig, Transformer, sequence_logprobs
-from wind_jax.sampling import SamplingSettings, process_logits, sample
+from wind_jax.sampling import process_logits, sample
 
 CONFIG = LlamaConfig.tiny(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                           num_kv_heads=2, initializer_range=0.08)
@@ -112,9 +112,10 @@ def test_first_token_frequencies_match_distribution(model, temperature, top_k, t
 
 def test_process_logits_truncation_properties():
     logits = jax.random.normal(jax.random.key(3), (4, 50)) * 3
-    z = process_logits(logits, SamplingSettings(top_k=5))
+    z = process_logits(logits, 1.0, 5, 1.0)
     assert np.all(np.isfinite(np.asarray(z)).sum(-1) == 5)
-    z = process_logits(logits, SamplingSettings(top_p=0.5))
+    np.testing.assert_array_equal(process_logits(logits, 2.0, 0, 1.0), logits / 2.0)  # both off
+    z = process_logits(logits, 1.0, 0, 0.5)
     p = np.asarray(jax.nn.softmax(logits))
     kept = np.isfinite(np.asarray(z))
     mass = (p * kept).sum(-1)
@@ -164,3 +165,64 @@ def test_bad_input(model):
         sample(model, PROMPTS, PROMPT_MASK, jax.random.key(0), max_new_tokens=10_000)
     with pytest.raises(ValueError, match="eos_token_id"):
         sample(model, PROMPTS, PROMPT_MASK, jax.random.key(0), eos_token_id=CONFIG.vocab_size)
+
+
+def test_sampling_settings_are_traced_not_recompiled(model):
+    from wind_jax.sampling import _generate_jit
+
+    kw = dict(num_samples=2, max_new_tokens=4, eos_token_id=1)
+    before = _generate_jit._cache_size()
+    greedy = sample(model, PROMPTS, PROMPT_MASK, jax.random.key(7), greedy=True, **kw)
+    after_first = _generate_jit._cache_size()
+    for settings in [dict(), dict(temperature=0.5), dict(top_k=3), dict(top_p=0.7), dict(greedy=True)]:
+        out = sample(model, PROMPTS, PROMPT_MASK, jax.random.key(7), **settings, **kw)
+    assert after_first == before + 1 and _generate_jit._cache_size() == after_first  # one compile in all
+    for x, y in zip(out, greedy):  # and the last (greedy) call reproduces the first
+        np.testing.assert_array_equal(x, y)
+
+
+def test_sampling_on_a_mesh_matches_one_device(model):
+    from wind_jax import sharding
+    from wind_jax.sampling import sample_state
+
+    graphdef, state = nnx.split(model)
+    mesh = sharding.make_mesh((2, 2, 2))
+    sharded = sharding.shard_state(state, mesh)
+    prompts = np.concatenate([PROMPTS, PROMPTS[::-1]])
+    pmask = np.concatenate([PROMPT_MASK, PROMPT_MASK[::-1]])
+    kw = dict(num_samples=3, max_new_tokens=5, eos_token_id=(1, 2))
+    want = sample_state(graphdef, state, prompts, pmask, jax.random.key(8), greedy=True, **kw)
+    got = sample_state(graphdef, sharded, prompts, pmask, jax.random.key(8), greedy=True, mesh=mesh, **kw)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+    assert got.tokens.sharding.spec[0] == ("data", "fsdp")  # rows stay split over the batch axes
+    sampled = sample_state(graphdef, sharded, prompts, pmask, jax.random.key(8), mesh=mesh, **kw)
+    ref = nnx.jit(sequence_logprobs)(model, flat(sampled.tokens), flat(sampled.response_mask),
+                                     flat(sampled.attention_mask))
+    np.testing.assert_allclose(np.asarray(sampled.logprobs).reshape(-1), np.asarray(ref), atol=1e-5)
+
+
+def test_jit_decode_step_shards_and_donates_the_cache(model):
+    from wind_jax import sharding
+    from wind_jax.sampling import cache_specs, jit_decode_step
+
+    graphdef, state = nnx.split(model)
+    mesh = sharding.make_mesh((2, 2, 2))
+    rows, slots = 4, 8
+    cache = model.init_cache(rows, slots)
+    tokens = jnp.asarray([3, 5, 7, 9], jnp.int32)
+    alive = jnp.ones((rows,), bool)
+    want, _ = _decode_once(graphdef, state, cache, tokens, alive)
+    step = jit_decode_step(graphdef, state, cache, mesh)
+    specs = cache_specs(mesh, cache)
+    assert specs["k"] == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor", None)
+    sharded_cache = {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, specs[k])) for k, v in cache.items()}
+    logits, new_cache = step(sharding.shard_state(state, mesh), sharded_cache, tokens, alive)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want), atol=1e-5)
+    assert new_cache["k"].sharding.spec == specs["k"] and int(new_cache["index"]) == 1
+    assert sharded_cache["k"].is_deleted()  # donated: updated in place
+
+
+@jax.jit(static_argnums=0)
+def _decode_once(graphdef, state, cache, tokens, alive):
+    return nnx.merge(graphdef, state)(tokens[:, None], attention_mask=alive[:, None], cache=cache)[0][:, -1], None

@@ -3,9 +3,14 @@
     out = sample(model, prompt_tokens, prompt_mask, key, num_samples=4, max_new_tokens=64,
                  temperature=1.0, top_k=0, top_p=1.0, eos_token_id=2)
 
-Prompts are [B, Tp], LEFT-padded (prompt_mask[:, -1] all True). One prefill over the B prompts fills a KV
-cache of Tp + max_new_tokens slots, which is repeated N times and donated to a `lax.while_loop` decode
-that stops at max_new_tokens or when every row has emitted EOS. Everything is [B, N, ...]:
+Prompts are [B, Tp], LEFT-padded (prompt_mask[:, -1] all True). ONE jitted program does the prefill over
+the B prompts (a KV cache of Tp + max_new_tokens slots, repeated N times), a `lax.while_loop` decode that
+stops at max_new_tokens or when every row has emitted EOS, and the assembly of the outputs. Shapes and
+EOS/pad ids are static; temperature, top_k, top_p and greedy are traced (changing them does not
+recompile). With `mesh`, the rows and the KV cache are split over the "batch" mesh axes and the cache's
+kv heads over "tensor". `sample_state(graphdef, state, ...)` is the same entry for a caller that holds
+a (sharded) nnx state. `jit_decode_step` is the one-token cached step on its own (jitted with
+shardings, the cache donated), for ahead-of-time plans. Everything is [B, N, ...]:
 
   tokens          [B, N, Tp+Tn] int32   prompt (left-padded) then response; pad_token_id after EOS
   prompt_mask     [B, N, Tp+Tn] bool    real prompt tokens
@@ -33,8 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wind_jax.models.transformer import Transformer
+from wind_jax import sharding
+from wind_jax.models.transformer import CACHE_AXES, KVCache, Transformer
 
 Array = jax.Array
 
@@ -49,16 +56,21 @@ class SampleOutput(NamedTuple):
     lengths: Array
 
 
+class DecodeParams(NamedTuple):
+    """Traced sampling settings (scalars): changing them reuses the compiled program."""
+
+    temperature: Array  # float32, > 0 (ignored when greedy)
+    top_k: Array  # int32, 0 = off
+    top_p: Array  # float32 in (0, 1], 1 = off
+    greedy: Array  # bool
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-    """Static decoding settings (hashable: part of the jit cache key)."""
+    """Static settings (shapes and token ids): part of the jit cache key."""
 
     num_samples: int = 1
     max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_k: int = 0          # 0 = off
-    top_p: float = 1.0      # 1.0 = off
-    greedy: bool = False
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int = 0
     cache_dtype: str | None = None
@@ -68,61 +80,95 @@ class SamplingSettings:
             raise ValueError(f"num_samples must be a positive int, got {self.num_samples!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
-        if not self.greedy and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-def process_logits(logits: Array, settings: SamplingSettings) -> Array:
+def decode_params(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False
+                  ) -> DecodeParams:
+    """Validated DecodeParams from Python values."""
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    return DecodeParams(jnp.float32(temperature if temperature > 0 else 1.0), jnp.int32(top_k),
+                        jnp.float32(top_p), jnp.bool_(greedy))
+
+
+def process_logits(logits: Array, temperature, top_k, top_p) -> Array:
     """float32 logits of the sampling distribution: /temperature, then top-k, then top-p (nucleus).
 
-    top-p keeps the smallest prefix of tokens (sorted by probability) whose mass reaches top_p; tokens tied
-    with the last kept logit are kept too."""
-    z = logits.astype(jnp.float32) / jnp.float32(settings.temperature)
+    top_k = 0 and top_p = 1 are off; all three may be traced scalars. top-k keeps tokens tied with the
+    k-th largest logit; top-p keeps the smallest prefix of tokens (sorted by probability) whose mass
+    reaches top_p, plus tokens tied with the last kept logit."""
+    z = logits.astype(jnp.float32) / jnp.asarray(temperature, jnp.float32)
+    top_k, top_p = jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, jnp.float32)
+    vocab = z.shape[-1]
     neg_inf = jnp.float32(-jnp.inf)
-    if 0 < settings.top_k < z.shape[-1]:
-        kth = jax.lax.top_k(z, settings.top_k)[0][..., -1:]
-        z = jnp.where(z < kth, neg_inf, z)
-    if settings.top_p < 1.0:
+
+    def truncate(z):
         sorted_z = jnp.sort(z, axis=-1)[..., ::-1]
+        use_k = (top_k > 0) & (top_k < vocab)
+        kth = jnp.take_along_axis(sorted_z, jnp.broadcast_to(jnp.clip(top_k, 1, vocab) - 1, z.shape[:-1] + (1,)),
+                                  axis=-1)
+        kth = jnp.where(use_k, kth, neg_inf)
+        z = jnp.where(z < kth, neg_inf, z)
+        sorted_z = jnp.where(sorted_z < kth, neg_inf, sorted_z)
         probs = jax.nn.softmax(sorted_z, axis=-1)
         mass_before = jnp.cumsum(probs, axis=-1) - probs
-        num_keep = jnp.maximum(jnp.sum(mass_before < settings.top_p, axis=-1, keepdims=True), 1)
+        num_keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
         cutoff = jnp.take_along_axis(sorted_z, num_keep - 1, axis=-1)
-        z = jnp.where(z < cutoff, neg_inf, z)
-    return z
+        return jnp.where((top_p < 1.0) & (z < cutoff), neg_inf, z)
+
+    return jax.lax.cond(((top_k > 0) & (top_k < vocab)) | (top_p < 1.0), truncate, lambda z: z, z)
 
 
-def _choose(logits: Array, key: Array, settings: SamplingSettings) -> tuple[Array, Array]:
-    """(token [B], its log-prob under the sampling distribution [B])."""
-    if settings.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32), jnp.zeros(logits.shape[:1], jnp.float32)
-    z = process_logits(logits, settings)
-    tok = jax.random.categorical(key, z, axis=-1).astype(jnp.int32)
+def _choose(logits: Array, key: Array, params: DecodeParams) -> tuple[Array, Array]:
+    """(token [R], its log-prob under the sampling distribution [R]; 0 when greedy)."""
+    z = process_logits(logits, params.temperature, params.top_k, params.top_p)
+    sampled = jax.random.categorical(key, z, axis=-1).astype(jnp.int32)
+    tok = jnp.where(params.greedy, jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled)
     lp = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), tok[:, None], axis=-1)[:, 0]
-    return tok, lp
+    return tok, jnp.where(params.greedy, 0.0, lp)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _prefill(graphdef, state, prompts, prompt_mask, settings: SamplingSettings):
+# ------------------------------------------------------------------------------------------ shardings
+def cache_specs(mesh: Mesh | None, cache: KVCache) -> dict | None:
+    """PartitionSpecs of a KV cache: rows over the "batch" mesh axes, kv heads over "tensor"."""
+    if mesh is None:
+        return None
+    names = tuple(None if n == "cache_seq" else n for n in CACHE_AXES)
+    kv = sharding.logical_to_spec(names, cache["k"].shape, mesh)
+    return {"k": kv, "v": kv, "mask": sharding.logical_to_spec(("batch", None), cache["mask"].shape, mesh),
+            "index": PartitionSpec()}
+
+
+def _constrain(tree, specs, mesh):
+    if mesh is None:
+        return tree
+    return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, s)), tree, specs)
+
+
+def _rows_spec(mesh: Mesh | None, shape) -> PartitionSpec | None:
+    if mesh is None:
+        return None
+    return sharding.logical_to_spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
+
+
+# ------------------------------------------------------------------------------------------ program
+def _generate(graphdef, state, prompts, prompt_mask, key, params: DecodeParams, settings: SamplingSettings,
+              mesh: Mesh | None) -> SampleOutput:
     model: Transformer = nnx.merge(graphdef, state)
     b, tp = prompts.shape
-    cache = model.init_cache(b, tp + settings.max_new_tokens, settings.cache_dtype)
+    n, tn = settings.num_samples, settings.max_new_tokens
+    rows = b * n
+    cache = model.init_cache(b, tp + tn, settings.cache_dtype)
+    cache = _constrain(cache, cache_specs(mesh, cache), mesh)
     logits, cache = model(prompts, attention_mask=prompt_mask, cache=cache)
-    n = settings.num_samples
-    rep = functools.partial(jnp.repeat, repeats=n, axis=0, total_repeat_length=b * n)
-    cache = {"k": tuple(map(rep, cache["k"])), "v": tuple(map(rep, cache["v"])), "mask": rep(cache["mask"]),
+    rep = functools.partial(jnp.repeat, repeats=n, total_repeat_length=rows)
+    cache = {"k": rep(cache["k"], axis=1), "v": rep(cache["v"], axis=1), "mask": rep(cache["mask"], axis=0),
              "index": cache["index"]}
-    return rep(logits[:, -1]), cache
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=(3,))
-def _decode(graphdef, state, first_logits, cache, key, settings: SamplingSettings):
-    model: Transformer = nnx.merge(graphdef, state)
-    rows, tn = first_logits.shape[0], settings.max_new_tokens
+    cache = _constrain(cache, cache_specs(mesh, cache), mesh)
     eos = jnp.asarray(settings.eos_token_id, jnp.int32)
 
     def cond(carry):
@@ -131,7 +177,7 @@ def _decode(graphdef, state, first_logits, cache, key, settings: SamplingSetting
 
     def body(carry):
         step, cache, logits, out_tok, out_mask, done, lp_sum, slp_sum = carry
-        tok, slp = _choose(logits, jax.random.fold_in(key, step), settings)
+        tok, slp = _choose(logits, jax.random.fold_in(key, step), params)
         lp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), tok[:, None],
                                  axis=-1)[:, 0]
         alive = ~done
@@ -143,27 +189,44 @@ def _decode(graphdef, state, first_logits, cache, key, settings: SamplingSetting
         if settings.eos_token_id:
             done = done | (alive & jnp.any(tok[:, None] == eos[None, :], axis=-1))
         logits, cache = model(tok[:, None], attention_mask=alive[:, None], cache=cache)
+        cache = _constrain(cache, cache_specs(mesh, cache), mesh)
         return step + 1, cache, logits[:, -1], out_tok, out_mask, done, lp_sum, slp_sum
 
-    init = (jnp.zeros((), jnp.int32), cache, first_logits,
+    init = (jnp.zeros((), jnp.int32), cache, rep(logits[:, -1], axis=0),
             jnp.full((rows, tn), settings.pad_token_id, jnp.int32), jnp.zeros((rows, tn), bool),
             jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.float32), jnp.zeros((rows,), jnp.float32))
-    _, cache, _, out_tok, out_mask, _, lp_sum, slp_sum = jax.lax.while_loop(cond, body, init)
-    return out_tok, out_mask, lp_sum, slp_sum, cache  # the cache aliases the donated input buffers
+    _, _, _, out_tok, out_mask, _, lp, slp = jax.lax.while_loop(cond, body, init)
+    tokens = jnp.concatenate([rep(prompts, axis=0), out_tok], axis=1)
+    pmask = jnp.concatenate([rep(prompt_mask, axis=0), jnp.zeros_like(out_mask)], axis=1)
+    rmask = jnp.concatenate([jnp.zeros((rows, tp), bool), out_mask], axis=1)
+    shape = (b, n, tp + tn)
+    out = SampleOutput(
+        tokens=tokens.reshape(shape), prompt_mask=pmask.reshape(shape), response_mask=rmask.reshape(shape),
+        attention_mask=(pmask | rmask).reshape(shape), logprobs=lp.reshape(b, n),
+        sample_logprobs=slp.reshape(b, n), lengths=jnp.sum(out_mask, axis=1).astype(jnp.int32).reshape(b, n))
+    if mesh is None:
+        return out
+    return SampleOutput(*(_constrain(x, _rows_spec(mesh, x.shape), mesh) for x in out))
 
 
-def sample(model: Transformer, prompt_tokens: Array, prompt_mask: Array | None, key: Array, *,
-           num_samples: int = 1, max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, greedy: bool = False, eos_token_id: int | Sequence[int] | None = None,
-           pad_token_id: int = 0, cache_dtype: str | None = None) -> SampleOutput:
-    """Draw `num_samples` continuations per left-padded prompt; see the module docstring for outputs."""
+_generate_jit = jax.jit(_generate, static_argnums=(0, 6, 7))
+
+
+# ------------------------------------------------------------------------------------------ entries
+def _eos_tuple(eos_token_id) -> tuple[int, ...]:
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, (int, np.integer)):
+        return (int(eos_token_id),)
+    return tuple(int(e) for e in eos_token_id)
+
+
+def _check_prompts(prompt_tokens, prompt_mask):
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_tokens.ndim != 2 or prompt_tokens.shape[1] == 0:
         raise ValueError(f"prompt_tokens must be [batch, time>0], got shape {prompt_tokens.shape}")
     b, tp = prompt_tokens.shape
-    if prompt_mask is None:
-        prompt_mask = jnp.ones((b, tp), bool)
-    prompt_mask = jnp.asarray(prompt_mask).astype(bool)
+    prompt_mask = jnp.ones((b, tp), bool) if prompt_mask is None else jnp.asarray(prompt_mask).astype(bool)
     if prompt_mask.shape != (b, tp):
         raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_tokens shape {(b, tp)}")
     try:
@@ -172,33 +235,75 @@ def sample(model: Transformer, prompt_tokens: Array, prompt_mask: Array | None, 
         left_padded = True
     if not left_padded:
         raise ValueError("prompt_mask: prompts must be LEFT-padded (last column real for every row)")
-    if eos_token_id is None:
-        eos = ()
-    elif isinstance(eos_token_id, (int, np.integer)):
-        eos = (int(eos_token_id),)
-    else:
-        eos = tuple(int(e) for e in eos_token_id)
-    vocab = model.config.vocab_size
-    for e in eos + (pad_token_id,):
-        if not 0 <= e < vocab:
-            raise ValueError(f"eos_token_id/pad_token_id {e} outside the vocabulary [0, {vocab})")
-    if tp + max_new_tokens > model.config.max_position_embeddings:
+    return prompt_tokens, prompt_mask
+
+
+def sample_state(graphdef, state, prompt_tokens: Array, prompt_mask: Array | None, key: Array, *,
+                 num_samples: int = 1, max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, greedy: bool = False, eos_token_id: int | Sequence[int] | None = None,
+                 pad_token_id: int = 0, cache_dtype: str | None = None, mesh: Mesh | None = None
+                 ) -> SampleOutput:
+    """`sample` on a split model (graphdef, state), e.g. a state already sharded on `mesh`."""
+    model = nnx.merge(graphdef, state)  # no copy: only to read and check the config
+    if not isinstance(model, Transformer):
+        raise ValueError(f"sample_state: graphdef must be a wind_jax Transformer's, got {type(model).__name__}")
+    config = model.config
+    prompt_tokens, prompt_mask = _check_prompts(prompt_tokens, prompt_mask)
+    eos = _eos_tuple(eos_token_id)
+    for e in eos + (int(pad_token_id),):
+        if not 0 <= e < config.vocab_size:
+            raise ValueError(f"eos_token_id/pad_token_id {e} outside the vocabulary [0, {config.vocab_size})")
+    tp = prompt_tokens.shape[1]
+    if tp + max_new_tokens > config.max_position_embeddings:
         raise ValueError(f"prompt length {tp} + max_new_tokens {max_new_tokens} exceeds "
-                         f"max_position_embeddings {model.config.max_position_embeddings}")
-    settings = SamplingSettings(num_samples=num_samples, max_new_tokens=max_new_tokens,
-                                temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                                greedy=bool(greedy), eos_token_id=eos, pad_token_id=int(pad_token_id),
-                                cache_dtype=cache_dtype)
+                         f"max_position_embeddings {config.max_position_embeddings}")
+    params = decode_params(float(temperature), top_k, float(top_p), bool(greedy))
+    settings = SamplingSettings(num_samples=num_samples, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                pad_token_id=int(pad_token_id), cache_dtype=cache_dtype)
+    if mesh is None:
+        return _generate_jit(graphdef, state, prompt_tokens, prompt_mask, key, params, settings, None)
+    rows = lambda x: jax.device_put(x, NamedSharding(mesh, _rows_spec(mesh, x.shape)))  # noqa: E731
+    with jax.set_mesh(mesh):
+        return _generate_jit(graphdef, state, rows(prompt_tokens), rows(prompt_mask), key, params, settings,
+                             mesh)
+
+
+def sample(model: Transformer, prompt_tokens: Array, prompt_mask: Array | None, key: Array, *,
+           num_samples: int = 1, max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0, greedy: bool = False, eos_token_id: int | Sequence[int] | None = None,
+           pad_token_id: int = 0, cache_dtype: str | None = None, mesh: Mesh | None = None) -> SampleOutput:
+    """Draw `num_samples` continuations per left-padded prompt; see the module docstring for outputs."""
+    if not isinstance(model, Transformer):
+        raise ValueError(f"sample: model must be a wind_jax Transformer, got {type(model).__name__}")
     graphdef, state = nnx.split(model)
-    first_logits, cache = _prefill(graphdef, state, prompt_tokens, prompt_mask, settings)
-    out_tok, out_mask, lp, slp, _ = _decode(graphdef, state, first_logits, cache, key, settings)
-    n = num_samples
-    rep = lambda x: jnp.repeat(x, n, axis=0)  # noqa: E731
-    tokens = jnp.concatenate([rep(prompt_tokens), out_tok], axis=1)
-    pmask = jnp.concatenate([rep(prompt_mask), jnp.zeros_like(out_mask)], axis=1)
-    rmask = jnp.concatenate([jnp.zeros_like(rep(prompt_mask)), out_mask], axis=1)
-    shape = (b, n, tp + max_new_tokens)
-    return SampleOutput(
-        tokens=tokens.reshape(shape), prompt_mask=pmask.reshape(shape), response_mask=rmask.reshape(shape),
-        attention_mask=(pmask | rmask).reshape(shape), logprobs=lp.reshape(b, n),
-        sample_logprobs=slp.reshape(b, n), lengths=jnp.sum(out_mask, axis=1).astype(jnp.int32).reshape(b, n))
+    return sample_state(graphdef, state, prompt_tokens, prompt_mask, key, num_samples=num_samples,
+                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        greedy=greedy, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                        cache_dtype=cache_dtype, mesh=mesh)
+
+
+# ------------------------------------------------------------------------------------------ decode step
+def decode_step(graphdef, state, cache: KVCache, tokens: Array, alive: Array) -> tuple[Array, KVCache]:
+    """One cached decode step: tokens [R] (alive [R] bool) -> (float32 next-token logits [R, V], cache)."""
+    model: Transformer = nnx.merge(graphdef, state)
+    logits, cache = model(tokens[:, None], attention_mask=alive[:, None], cache=cache)
+    return logits[:, -1], cache
+
+
+def jit_decode_step(graphdef, state, cache: KVCache, mesh: Mesh):
+    """`decode_step` jitted with explicit shardings (params by their logical axes, cache rows over the
+    "batch" mesh axes and kv heads over "tensor") and the cache donated. state and cache may be arrays or
+    ShapeDtypeStructs. Returns fn(state, cache, tokens, alive) -> (logits, cache); fn.jitted is the jit."""
+    state_sh = sharding.state_shardings(state, mesh)
+    cache_sh = {k: NamedSharding(mesh, s) for k, s in cache_specs(mesh, cache).items()}
+    rows = NamedSharding(mesh, _rows_spec(mesh, cache["mask"].shape[:1]))
+    logits_sh = NamedSharding(mesh, _rows_spec(mesh, cache["mask"].shape[:1] + (1,)))
+    jitted = jax.jit(functools.partial(decode_step, graphdef), in_shardings=(state_sh, cache_sh, rows, rows),
+                     out_shardings=(logits_sh, cache_sh), donate_argnums=(1,))
+
+    def step(s, c, tokens, alive):
+        with jax.set_mesh(mesh):
+            return jitted(s, c, tokens, alive)
+
+    step.jitted = jitted
+    return step
