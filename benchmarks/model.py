@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from wind_jax.models import LlamaConfig, Transformer
+from wind_jax.models.convert import params_to_hf
 from wind_jax.sampling import sample
 
 
@@ -79,20 +80,7 @@ def torch_forward_benchmark(model, batch, seq_len, repeats):
         return {"skipped": f"torch/transformers not importable ({type(e).__name__}: {e})"}
     c = model.config
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**c.to_hf_dict())).eval()
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    t = lambda x: torch.tensor(np.asarray(x))  # noqa: E731
-    sd = {"model.embed_tokens.weight": t(params["embed"]["embedding"]),
-          "model.norm.weight": t(params["final_norm"]["scale"])}
-    for i in range(c.num_layers):
-        lp, pre = params["layers"][i], f"model.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            sd[pre + "self_attn." + name + ".weight"] = t(lp["attn"][name]["kernel"]).T.contiguous()
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            sd[pre + "mlp." + name + ".weight"] = t(lp["mlp"][name]["kernel"]).T.contiguous()
-        sd[pre + "input_layernorm.weight"] = t(lp["input_norm"]["scale"])
-        sd[pre + "post_attention_layernorm.weight"] = t(lp["post_attn_norm"]["scale"])
-    if not c.tie_word_embeddings:
-        sd["lm_head.weight"] = t(params["lm_head"]["kernel"]).T.contiguous()
+    sd = {name: torch.tensor(value) for name, value in params_to_hf(model).items()}
     hf.load_state_dict(sd, strict=not c.tie_word_embeddings)
     tokens = np.random.default_rng(1).integers(0, c.vocab_size, (batch, seq_len))
     tt = torch.tensor(tokens)
