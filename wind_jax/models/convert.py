@@ -222,13 +222,17 @@ def _to_float32_if_bf16(x: np.ndarray) -> np.ndarray:
 
 def export_hf(model: Transformer, config: LlamaConfig, directory: str | os.PathLike,
               tokenizer_dir: str | os.PathLike | None = None, *, tokenizer=None,
-              overwrite: bool = False) -> str:
-    """Write config.json + model.safetensors (+ tokenizer files) that LlamaForCausalLM.from_pretrained loads.
+              overwrite: bool = False, max_new_tokens: int = 256) -> str:
+    """Write a Hugging Face model directory: config.json + model.safetensors (LlamaForCausalLM), and with a
+    tokenizer also tokenizer.json + tokenizer_config.json (chat template, special tokens) and
+    generation_config.json (eos = end-of-turn ids, see `write_generation_config`), so that
+    AutoTokenizer.from_pretrained(directory) and generate() need no extra arguments.
 
-    tokenizer_dir: copy the tokenizer files found there; tokenizer: a wind_jax Tokenizer to save instead.
+    tokenizer: a wind_jax Tokenizer to save; tokenizer_dir: copy the tokenizer files found there instead
+    (generation_config.json included when present there; none is derived).
     Everything is written to a temporary sibling directory and renamed into place, so a failure leaves
-    `directory` as it was. An existing non-empty `directory` is replaced only with overwrite=True.
-    Returns the directory path.
+    `directory` as it was; files are world-readable (0644, directory 0755). An existing non-empty
+    `directory` is replaced only with overwrite=True. Returns the directory path.
     """
     from safetensors.numpy import save_file
 
@@ -276,7 +280,9 @@ def export_hf(model: Transformer, config: LlamaConfig, directory: str | os.PathL
             shutil.copy2(src, os.path.join(tmp, os.path.basename(src)))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
+        if tokenizer is not None and not os.path.isfile(os.path.join(tmp, GENERATION_CONFIG_FILE)):
+            write_generation_config(tmp, tokenizer, max_new_tokens=max_new_tokens)
+        _world_readable(tmp)
         if os.path.isdir(directory):
             old = tempfile.mkdtemp(prefix=".old_export_", dir=parent)
             os.rename(directory, os.path.join(old, "previous"))
@@ -444,3 +450,88 @@ def load_gguf(path: str | os.PathLike, **config_overrides):
     reader = open_gguf(path)
     config, model = import_gguf(path, reader=reader, **config_overrides)
     return config, model, Tokenizer.from_gguf(path, reader=reader)
+
+
+# ----------------------------------------------------------------------------- generation config, files
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+def write_generation_config(directory: str | os.PathLike, tokenizer, *, max_new_tokens: int = 256) -> str:
+    """Write generation_config.json so transformers' generate() stops at the end of the assistant turn
+    with no extra arguments: eos_token_id lists the tokenizer's eos id first, then its other stop ids
+    (e.g. ChatML's <|im_end|>); bos / pad ids and a max_new_tokens default. Returns the file path."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"write_generation_config: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    stops = ([] if tokenizer.eos_id is None else [tokenizer.eos_id]) + [
+        t for t in tokenizer.stop_ids if t != tokenizer.eos_id]
+    if not stops:
+        raise ValueError("write_generation_config: the tokenizer has no eos / end-of-turn token id")
+    cfg = {"eos_token_id": stops if len(stops) > 1 else stops[0], "max_new_tokens": max_new_tokens}
+    if tokenizer.bos_id is not None:
+        cfg["bos_token_id"] = tokenizer.bos_id
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else stops[0]
+    cfg["pad_token_id"] = pad
+    path = os.path.join(os.fspath(directory), GENERATION_CONFIG_FILE)
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    os.chmod(path, 0o644)
+    return path
+
+
+def _world_readable(directory: str) -> None:
+    """0755 for the directory, 0644 for its files: readable by every user, like any model directory."""
+    os.chmod(directory, 0o755)
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            os.chmod(path, 0o644)
+
+
+# ----------------------------------------------------------------------------- reward models
+REWARD_ARCHITECTURES = ("LlamaForSequenceClassification", "MistralForSequenceClassification")
+
+
+def import_reward_model(directory: str | os.PathLike, **config_overrides):
+    """(config, RewardHead) from a Hugging Face LlamaForSequenceClassification directory (num_labels 1).
+
+    The backbone tensors (model.*) go through `hf_to_params`; score.weight [1, hidden] becomes the head's
+    kernel (score.bias, absent in Llama checkpoints, its bias, else 0). The backbone is built with
+    tie_word_embeddings=True: a classifier has no lm_head and the head uses only the hidden states.
+    r(x, y) is read at the last real token of each sequence (the attention mask), which is the token
+    transformers scores (the last non-pad token) when padding is marked by both. Bradley-Terry:
+    P(y beats y') = sigmoid(r - r') (RewardHead.preference, heads.reward_prob_fn).
+    """
+    from wind_jax.models.heads import RewardHead
+
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"reward model directory not found: {directory}")
+    cfg_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"config file not found: {cfg_path}")
+    with open(cfg_path) as f:
+        try:
+            d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    archs = d.get("architectures") or []
+    if not any(a in REWARD_ARCHITECTURES for a in archs):
+        raise ValueError(f"{cfg_path}: architectures={archs} is not a reward model "
+                         f"(expected one of {REWARD_ARCHITECTURES})")
+    num_labels = d.get("num_labels", len(d.get("id2label") or {}) or 2)
+    if num_labels != 1:
+        raise ValueError(f"{cfg_path}: num_labels={num_labels}, a reward model has num_labels=1")
+    config = read_hf_config(directory, **{"tie_word_embeddings": True, **config_overrides})
+    tensors = {k: _to_float32_if_bf16(v) for k, v in read_safetensors(directory).items()}
+    if "score.weight" not in tensors:
+        raise ValueError(f"{directory}: missing tensor score.weight (the reward head)")
+    weight = np.asarray(tensors.pop("score.weight"), np.float32)
+    bias = np.asarray(tensors.pop("score.bias", np.zeros((1,), np.float32)), np.float32)
+    if weight.shape != (1, config.hidden_size) or bias.shape != (1,):
+        raise ValueError(f"{directory}: score.weight has shape {weight.shape} (bias {bias.shape}), expected "
+                         f"(1, {config.hidden_size}) (bias (1,))")
+    backbone = hf_to_params(config, tensors, source=directory)
+    head = RewardHead(backbone, rngs=nnx.Rngs(0))
+    head.score.kernel[...] = jnp.asarray(weight.T)
+    head.score.bias[...] = jnp.asarray(bias)
+    return config, head

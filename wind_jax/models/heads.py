@@ -13,6 +13,8 @@ padding) and compute their outputs in float32.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -65,6 +67,33 @@ class RewardHead(nnx.Module):
     def preference(self, tokens_a, mask_a, tokens_b, mask_b) -> Array:
         """Bradley-Terry P(a beats b) = sigmoid(r(a) - r(b)), [B] float32."""
         return jax.nn.sigmoid(self.pair_logit(tokens_a, mask_a, tokens_b, mask_b))
+
+
+def reward_prob_fn(head: RewardHead):
+    """Bradley-Terry oracle function of a reward head (e.g. from convert.import_reward_model):
+    (prompt, a, b) -> P(a beats b) = sigmoid(r(prompt|a) - r(prompt|b)), [B] float32, jitted.
+
+    prompt, a, b: token batches with ``.tokens`` [B, T] and ``.mask`` [B, T] (True = real token), e.g.
+    wind_jax.train.oracle.Tokens; each side is scored on the concatenation [prompt | response]. Positions
+    count real tokens only, so left-padded prompts score like unpadded text."""
+    if not isinstance(head, RewardHead):
+        raise ValueError(f"reward_prob_fn: head must be a RewardHead, got {type(head).__name__}")
+    graphdef, state = nnx.split(head)
+
+    def prob(prompt, a, b):
+        if prompt.tokens.shape[0] != a.tokens.shape[0] or a.tokens.shape[0] != b.tokens.shape[0]:
+            raise ValueError(f"reward_prob_fn: batch sizes differ: prompt {prompt.tokens.shape[0]}, "
+                             f"a {a.tokens.shape[0]}, b {b.tokens.shape[0]}")
+        return _reward_prob(graphdef, state, prompt.tokens, prompt.mask, a.tokens, a.mask, b.tokens, b.mask)
+
+    return prob
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reward_prob(graphdef, state, pt, pm, at, am, bt, bm):
+    head = nnx.merge(graphdef, state)
+    cat = lambda t1, t2: jnp.concatenate([jnp.asarray(t1), jnp.asarray(t2)], axis=1)  # noqa: E731
+    return head.preference(cat(pt, at), cat(pm, am).astype(bool), cat(pt, bt), cat(pm, bm).astype(bool))
 
 
 def bradley_terry_loss(reward_chosen: Array, reward_rejected: Array) -> Array:
