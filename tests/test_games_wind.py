@@ -227,3 +227,12 @@ def test_python_lists_without_x64():
     out = games.exact_wind(pi.tolist(), P.tolist(), 0.5, 1.0, 2, pi_init=pi.tolist())
     np.testing.assert_allclose(out, games.exact_wind(pi.astype(np.float32), P.astype(np.float32), 0.5, 1.0, 2),
                                atol=1e-6)
+
+
+def test_starved_mass_numpy():
+    pi = np.array([[0.5, 0.4995, 0.0005], [1e-4, 0.9998, 1e-4]])
+    star = np.array([[0.2, 0.3, 0.5], [0.25, 0.5, 0.25]])
+    np.testing.assert_allclose(games.starved_mass(pi, star), [0.5, 0.5], atol=1e-7)
+    np.testing.assert_allclose(games.starved_mass(pi, star, threshold=1e-5), [0.0, 0.0], atol=1e-7)
+    with pytest.raises(ValueError, match="threshold"):
+        games.starved_mass(pi, star, threshold=2.0)

@@ -152,8 +152,10 @@ def test_wind_kl_pairwise_minimizer_is_exact_wind_step(x64):
                                atol=1e-6, rtol=0)
 
 
-def test_wind_nce_minimizer_is_log_win_rate_step(x64):
-    """wind_nce's documented optimum: pi ∝ pi_t^(1-eta beta) pi_ref^(eta beta) w^(eta/2)."""
+@pytest.mark.parametrize("pseudo_count", [0.0, 0.5])
+def test_wind_nce_minimizer_is_log_win_rate_step(x64, pseudo_count):
+    """wind_nce's documented optimum: pi ∝ pi_t^(1-eta beta) pi_ref^(eta beta) w_a^(eta/2), with the
+    pseudo-count-shrunk win rate w_a = (w + a) / (1 + 2a) (w_0 = w)."""
     X, Y, beta, eta = 3, 4, 0.3, 0.8
     pi_t, pi_ref, P = _game(2, X, Y)
     xs, ys = _flat_xy(X, Y)
@@ -164,12 +166,13 @@ def test_wind_nce_minimizer_is_log_win_rate_step(x64):
         theta, b = params[: X * Y].reshape(X, Y), params[X * Y:]
         logp = jax.nn.log_softmax(theta, axis=-1)
         loss, _ = L.compute_loss("wind_nce", {"y": logp[xs, ys], "offset": b[xs]}, batch,
-                                 {"beta": beta, "eta": eta})
+                                 {"beta": beta, "eta": eta, "pseudo_count": pseudo_count})
         return jnp.sum(pi_t[xs, ys] * loss)
 
     params, g = _newton_minimize(objective, np.concatenate([np.log(pi_t).ravel(), np.zeros(X)]))
     assert np.max(np.abs(g)) < 1e-10
-    expected = _softmax((1 - eta * beta) * np.log(pi_t) + eta * beta * np.log(pi_ref) + 0.5 * eta * np.log(w))
+    w_a = (w + pseudo_count) / (1 + 2 * pseudo_count)
+    expected = _softmax((1 - eta * beta) * np.log(pi_t) + eta * beta * np.log(pi_ref) + 0.5 * eta * np.log(w_a))
     np.testing.assert_allclose(_softmax(np.asarray(params[: X * Y]).reshape(X, Y)), expected, atol=1e-6, rtol=0)
 
 

@@ -218,11 +218,19 @@ def _wind_nce(logps, batch, hp):
         pi ∝ pi_t^(1-eta beta) pi_ref^(eta beta) w^(eta/2),
     the log-win-rate step (Alg. 1 with n = 2, step eta/2), which agrees with the WIND step eta w to first
     order in w - 1/2 (log 2w = 2 (w - 1/2) + O((w - 1/2)^2)); it is not the exact WIND step.
+
+    Bounded target (option): log(2 w) is unbounded below, so with few duels a response that lost all of its
+    duels in the batch is pushed toward log 0. ``pseudo_count`` = a >= 0 replaces ell by the Beta(a, a)
+    posterior mean (ell + a) / (1 + 2a), whose mean lies in [a/(1+2a), (1+a)/(1+2a)]: the optimum becomes
+    u = log(2 w_a), w_a = (w + a) / (1 + 2a), bounded below by log(2a/(1+2a)), at the price of shrinking the
+    win rates toward 1/2 (the fixed point moves toward pi_ref by that factor). a = 0 (default) is the
+    unmodified loss.
     """
     eta, beta = hp["eta"], hp["beta"]
     h = wind_residual(logps["y"], batch["prev_y"], batch["ref_y"], eta, beta)
     u = 2.0 * (h + _f(logps["offset"])) / eta
-    ell = _f(batch["target"])
+    a = hp["pseudo_count"]
+    ell = (_f(batch["target"]) + a) / (1.0 + 2.0 * a)
     loss = 2.0 * ell * jax.nn.softplus(-u) + jax.nn.softplus(u)
     metrics = _per_sample_metrics(logps, batch, h, loss)
     del metrics["wind/residual_rms"]
@@ -378,8 +386,8 @@ LOSSES: dict[str, LossSpec] = {
               _WIND_DEFAULTS, ("target",)),
         _spec("wind_kl", _wind_kl, ("y", "y_prime"),
               ("prev_y", "ref_y", "prev_y_prime", "ref_y_prime", "target"), _WIND_DEFAULTS, ("target",)),
-        _spec("wind_nce", _wind_nce, ("y", "offset"), ("prev_y", "ref_y", "target"), _WIND_DEFAULTS,
-              ("target",)),
+        _spec("wind_nce", _wind_nce, ("y", "offset"), ("prev_y", "ref_y", "target"),
+              {**_WIND_DEFAULTS, "pseudo_count": 0.0}, ("target",)),
         _spec("sppo", _sppo, ("chosen", "rejected"), _SPPO_BATCH + ("target_chosen", "target_rejected"),
               {"beta": 0.0, "eta": 1000.0}, ("target_chosen", "target_rejected")),
         _spec("sppo_hard", _sppo_hard, ("chosen", "rejected"), _SPPO_BATCH, {"beta": 0.0, "eta": 1000.0}),
@@ -427,7 +435,7 @@ def _check_hparams(spec: LossSpec, hparams: Mapping[str, float] | None) -> dict[
         need(math.isfinite(v), f"{k}={v} must be finite")
     if "eta" in concrete:
         need(c("eta") > 0, f"eta={c('eta')} must be > 0")
-    for k in ("beta", "gamma", "penalty", "beta_sigmoid"):
+    for k in ("beta", "gamma", "penalty", "beta_sigmoid", "pseudo_count"):
         if k in concrete:
             need(c(k) >= 0, f"{k}={c(k)} must be >= 0")
     if "eta" in concrete and "beta" in concrete and spec.name.startswith(("wind", "sppo")):

@@ -7,6 +7,7 @@ best-in-class KL of a policy class (`best_in_class_kl`).
 """
 from wind_jax.bandit.algorithms import (
     METRICS,
+    OFFSET_MODES,
     Draw,
     LoopState,
     Method,
@@ -24,6 +25,7 @@ from wind_jax.bandit.algorithms import (
     make_run,
     method_params,
     policy_logps,
+    with_offset,
 )
 from wind_jax.bandit.env import (
     Counts,
@@ -39,6 +41,7 @@ from wind_jax.bandit.policies import LogLinearPolicy, MLPPolicy, pad_features, r
 
 __all__ = [
     "METRICS",
+    "OFFSET_MODES",
     "Counts",
     "Draw",
     "LogLinearPolicy",
@@ -68,4 +71,5 @@ __all__ = [
     "sample_prompts",
     "sample_responses",
     "validate_preference",
+    "with_offset",
 ]

@@ -8,7 +8,18 @@ Each outer iteration t of every method:
      `wind_jax.losses.get_loss(loss).batch_keys` asks for;
   4. fit pi_{t+1} by `num_inner` optax steps on the mean loss, starting from theta_t (`fit`, a lax.scan).
 The trainable side supplies every key of `policy_keys`: log pi_theta(y_r | x) per response name, and
-"offset" = a learned per-prompt scalar b(x) (a table [X], part of the trainable parameters).
+"offset" = a per-prompt scalar b(x), by `Method.offset_mode`:
+  learned         a table [X], part of the trainable parameters, kept across outer iterations (default);
+  reset           the same table, reset to 0 at the start of every outer iteration (shows the failure below);
+  log_normalizer  no free parameter: b(x) = A_theta(x) - (1 - eta beta) A_t(x) - eta beta A_ref(x), with
+                  A = logsumexp_y f(x, y) the model's log-normalizer, so h + b regresses the UNNORMALIZED logits
+                  f_theta(y) - (1-eta beta) f_t(y) - eta beta f_ref(y) on eta ell. A response that is never
+                  sampled gets no gradient through a normalizer, so its logit is not drained.
+Why it matters (MATH.md, "What a learned per-prompt offset does not pin down"): with a free b the loss fixes
+only the RELATIVE log-probs of sampled responses. If b starts below logZ_t (e.g. reset to 0), the optimizer
+lowers the normalizer instead -- raising every sampled log-prob by pushing the logits of unsampled responses
+down (Adam moves them at the full step size however small their gradient) -- and pi*_beta's mass on those
+responses is starved. `exact_metrics` reports it as "starved_mass" (pi*_beta's mass where pi < 1e-3).
 
 Query accounting (one query = one Bernoulli duel outcome ell ~ Bernoulli(P[x, y, y'])), per prompt:
   wind_*            2 samples from pi_t, 1 duel; gives (y, ell) and (y', 1 - ell).
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -145,6 +157,22 @@ class Method:
     # theta <- (1-alpha) theta + alpha theta_ref: exact for log-linear policies (logits linear in theta),
     # an approximation for the MLP.
     ref_mixing: float = 0.0
+    offset_mode: str = "learned"  # how the "offset" policy key is supplied (module docstring)
+
+    def __post_init__(self):
+        if self.offset_mode not in OFFSET_MODES:
+            raise ValueError(f"method {self.name!r}: offset_mode must be one of {OFFSET_MODES}, got {self.offset_mode!r}")
+
+
+OFFSET_MODES = ("learned", "reset", "log_normalizer")
+
+
+def with_offset(method: Method, offset_mode: str, **hparams) -> Method:
+    """A copy of `method` named "<name>:<offset_mode>" (plus "+k=v" per extra loss hparam) with that offset
+    mode and those hparams (e.g. wind_nce's pseudo_count)."""
+    suffix = "".join(f"+{k}={v:g}" for k, v in sorted(hparams.items()))
+    return dataclasses.replace(method, name=f"{method.name}:{offset_mode}{suffix}", offset_mode=offset_mode,
+                               hparams={**dict(method.hparams), **hparams})
 
 
 def bon_mixing_for(beta: float, n: int) -> float:
@@ -213,7 +241,7 @@ def assemble_batch(draw: Draw, log_tables: Mapping[str, Array], batch_keys) -> d
 
 
 def policy_logps(log_pi: Array, offset: Array, draw: Draw, policy_keys) -> dict[str, Array]:
-    """Trainable inputs: log pi_theta(y_r|x) for each response name r, and "offset" = b(x)."""
+    """Trainable inputs: log pi_theta(y_r|x) for each response name r, and "offset" = b(x) (offset [X])."""
     out = {}
     for k in policy_keys:
         if k == "offset":
@@ -225,14 +253,23 @@ def policy_logps(log_pi: Array, offset: Array, draw: Draw, policy_keys) -> dict[
     return out
 
 
-def fit(policy, params, draw: Draw, batch: Mapping[str, Array], loss_fn, hparams, optimizer, num_steps: int):
+def fit(policy, params, draw: Draw, batch: Mapping[str, Array], loss_fn, hparams, optimizer, num_steps: int,
+        offset_base: Array | None = None, num_active=None):
     """`num_steps` optimizer steps (lax.scan) on the mean loss, from params = {"policy", "offset"}.
 
-    loss_fn(logps, batch, hparams) -> (per-example loss [N], metrics). Returns (params, mean-loss trace)."""
+    loss_fn(logps, batch, hparams) -> (per-example loss [N], metrics). offset_base [X] (frozen) selects the
+    log-normalizer offset b(x) = logsumexp_y f_theta(x, y) - offset_base(x) in place of params["offset"].
+    num_active (int array, optional): only the first num_active of the num_steps steps run (lax.cond; the
+    rest leave params unchanged and record the last loss), so the step count is an argument, not a shape.
+    Returns (params, mean-loss trace)."""
     spec_keys = loss_fn.policy_keys
 
     def objective(p):
-        logps = policy_logps(policy.log_probs(p["policy"]), p["offset"], draw, spec_keys)
+        if offset_base is None:
+            offset = p["offset"]
+        else:
+            offset = jax.nn.logsumexp(policy.logits(p["policy"]), axis=-1) - offset_base
+        logps = policy_logps(policy.log_probs(p["policy"]), offset, draw, spec_keys)
         per_example, _ = loss_fn.fn(logps, batch, hparams)
         return jnp.mean(per_example)
 
@@ -246,7 +283,17 @@ def fit(policy, params, draw: Draw, batch: Mapping[str, Array], loss_fn, hparams
         updates, s = opt.update(grads, s, p, value=value, grad=grads, value_fn=objective)
         return (optax.apply_updates(p, updates), s), value
 
-    (params, _), trace = jax.lax.scan(step, (params, opt_state), None, length=num_steps)
+    if num_active is None:
+        (params, _), trace = jax.lax.scan(step, (params, opt_state), None, length=num_steps)
+        return params, trace
+
+    def maybe_step(carry, i):
+        (p, s), last = carry
+        (p, s), value = jax.lax.cond(i < num_active, lambda: step((p, s), None), lambda: ((p, s), last))
+        return ((p, s), value), value
+
+    init = ((params, opt_state), jnp.zeros((), jnp.float32))
+    ((params, _), _), trace = jax.lax.scan(maybe_step, init, jnp.arange(num_steps))
     return params, trace
 
 
@@ -267,12 +314,14 @@ STATIC_HPARAMS = ("n", "sigmoid")  # read as Python numbers by the losses (BoNBo
 
 
 class MethodParams(NamedTuple):
-    """The numbers of a method that enter its compiled program as ARGUMENTS (float32 scalars), so methods that
-    differ only in them (e.g. sppo and sppo_beta) share one compiled program and no call recompiles."""
+    """The numbers of a method that enter its compiled program as ARGUMENTS (scalars), so methods that differ
+    only in them (e.g. sppo and sppo_beta, or two learning rates) share one compiled program."""
 
     hparams: dict[str, Array]  # loss hparams except STATIC_HPARAMS
     anchor_ema: Array
     ref_mixing: Array
+    learning_rate: Array  # used when make_run's optimizer is a factory lr -> optax transform (e.g. optax.adam)
+    num_inner: Array  # int32 inner steps per outer iteration; -1 = make_run's num_inner
 
 
 def _loss_setup(method: Method, batch_size: int, num_inner: int, loss_spec):
@@ -290,18 +339,24 @@ def _loss_setup(method: Method, batch_size: int, num_inner: int, loss_spec):
     return loss_spec, {**dict(loss_spec.defaults), **dict(method.hparams)}
 
 
-def method_params(method: Method, loss_spec=None) -> MethodParams:
-    """`method`'s dynamic numbers as float32 arrays (the `params` argument of `make_run`'s run)."""
+def method_params(method: Method, loss_spec=None, *, learning_rate: float = float("nan"),
+                  num_inner: int = -1) -> MethodParams:
+    """`method`'s dynamic numbers as arrays (the `params` argument of `make_run`'s run). learning_rate is
+    read only when make_run got an optimizer FACTORY; num_inner (1 <= num_inner <= make_run's num_inner, or
+    -1 for all) sets the inner steps per outer iteration without a new program."""
     loss_spec, hp = _loss_setup(method, 1, 1, loss_spec)
+    if num_inner != -1 and (isinstance(num_inner, bool) or not isinstance(num_inner, int) or num_inner < 1):
+        raise ValueError(f"num_inner must be a positive int or -1, got {num_inner!r}")
     f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
     return MethodParams({k: f32(v) for k, v in hp.items() if k not in STATIC_HPARAMS},
-                        f32(method.anchor_ema), f32(method.ref_mixing))
+                        f32(method.anchor_ema), f32(method.ref_mixing), f32(learning_rate),
+                        jnp.asarray(num_inner, jnp.int32))
 
 
 def compile_key(method: Method) -> tuple:
     """Methods with equal keys (and equal batch sizes) run the same program with different `method_params`."""
-    return (method.draw, method.loss, tuple(sorted((k, float(v)) for k, v in method.hparams.items()
-                                                   if k in STATIC_HPARAMS)))
+    return (method.draw, method.loss, method.offset_mode,
+            tuple(sorted((k, float(v)) for k, v in method.hparams.items() if k in STATIC_HPARAMS)))
 
 
 def _outer_step(policy, method: Method, mp, batch_size: int, optimizer, num_inner: int, loss_spec, hparams):
@@ -318,7 +373,19 @@ def _outer_step(policy, method: Method, mp, batch_size: int, optimizer, num_inne
         draw = method.draw(k_draw, P, prompts, log_pi, log_ref, log_anchor)
         tables = {"prev": log_pi, "ref": log_ref, "anchor": log_anchor}
         batch = assemble_batch(draw, tables, loss_spec.batch_keys)
-        params, trace = fit(policy, state.params, draw, batch, loss_spec, hparams, optimizer, num_inner)
+        params, offset_base = state.params, None
+        if method.offset_mode == "reset":
+            params = {**params, "offset": jnp.zeros_like(params["offset"])}
+        elif method.offset_mode == "log_normalizer":
+            eb = hparams["eta"] * hparams["beta"]
+            lse = lambda th: jax.nn.logsumexp(policy.logits(th), axis=-1)  # noqa: E731
+            offset_base = jax.lax.stop_gradient((1 - eb) * lse(state.params["policy"]) + eb * lse(theta_ref))
+        opt, active = optimizer, None
+        if not isinstance(optimizer, optax.GradientTransformation):  # a factory: lr is an argument
+            opt = optimizer(mp.learning_rate)
+        if isinstance(mp, MethodParams):
+            active = jnp.where(mp.num_inner < 0, num_inner, mp.num_inner)
+        params, trace = fit(policy, params, draw, batch, loss_spec, hparams, opt, num_inner, offset_base, active)
         # J-BOND's EMA anchor (lam = 0: unchanged) and Alg. 1's geometric mixing (alpha = 0: unchanged).
         lam, a = mp.anchor_ema, mp.ref_mixing
         anchor = jax.tree.map(lambda u, t: (1 - lam) * u + lam * t, state.anchor, params["policy"])
@@ -337,11 +404,13 @@ def make_outer_step(policy, method: Method, batch_size: int, optimizer, num_inne
     `loss_spec` defaults to wind_jax.losses.get_loss(method.loss). For whole runs use `make_run`.
     """
     loss_spec, hparams = _loss_setup(method, batch_size, num_inner, loss_spec)
-    mp = MethodParams({}, method.anchor_ema, method.ref_mixing)
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError("make_outer_step needs an optax GradientTransformation (a factory needs make_run)")
+    mp = types.SimpleNamespace(hparams={}, anchor_ema=method.anchor_ema, ref_mixing=method.ref_mixing)
     return _outer_step(policy, method, mp, batch_size, optimizer, num_inner, loss_spec, hparams)
 
 
-METRICS = ("kl_to_equilibrium", "exploitability", "win_rate_vs_ref", "kl_to_ref")
+METRICS = ("kl_to_equilibrium", "exploitability", "win_rate_vs_ref", "kl_to_ref", "starved_mass")
 
 
 class RunOutput(NamedTuple):
@@ -368,6 +437,9 @@ def make_run(method: Method, batch_size: int, optimizer, num_inner: int, num_out
     skipped (lax.cond) and leave the state unchanged. record=False with a small num_iterations times the
     algorithm alone without another compiled program. With num_iterations = num_outer it equals
     `num_outer` calls of make_outer_step's step, recording exact_metrics after each.
+    optimizer: an optax transform (fixed), or a factory lr -> transform (e.g. optax.adam) that reads
+    params.learning_rate, so a learning-rate grid reuses the program; num_inner is the MAXIMUM inner steps,
+    params.num_inner the active ones (a grid over it reuses the program too).
     """
     loss_spec, hparams = _loss_setup(method, batch_size, num_inner, loss_spec)
     if num_outer < 1:
@@ -434,7 +506,8 @@ def best_in_class_kl(policy, theta0, pi_star: Array, num_steps: int = 3000, lear
 
 def exact_metrics(log_pi: Array, log_ref: Array, P: Array, pi_star: Array) -> dict[str, Array]:
     """Exact metrics against the tabular truth (wind_jax.games): KL(pi*_beta || pi), exploitability,
-    win rate vs pi_ref, KL(pi || pi_ref) (each averaged over prompts)."""
+    win rate vs pi_ref, KL(pi || pi_ref), starved mass (pi*_beta's mass where pi < 1e-3), each averaged
+    over prompts."""
     from wind_jax import games
 
     pi, ref = jnp.exp(log_pi), jnp.exp(log_ref)
@@ -446,4 +519,5 @@ def exact_metrics(log_pi: Array, log_ref: Array, P: Array, pi_star: Array) -> di
         "exploitability": jnp.mean(games.exploitability(pi, P)),
         "win_rate_vs_ref": games.policy_win_rate(pi, ref, P),
         "kl_to_ref": jnp.mean(jnp.sum(pi * (log_pi - log_ref), axis=-1)),
+        "starved_mass": jnp.mean(games.starved_mass(pi, pi_star)),
     }

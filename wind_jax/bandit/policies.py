@@ -1,8 +1,8 @@
 """Parametric policies over a tabular bandit: pi_theta(y|x) ∝ exp(f_theta(x, y)) (MATH.md, Algorithm 3).
 
-A policy here is a pair of pure functions over a parameter pytree: `init(key) -> params` and
-`log_probs(params) -> [X, Y]` (float32 log-softmax over responses, exact for every prompt, so metrics
-against wind_jax.games need no sampling). Parameters are plain pytrees, so they vmap over seeds.
+A policy here is a set of pure functions over a parameter pytree: `init(key) -> params`, `logits(params)`
+(unnormalized f_theta [X, Y]) and `log_probs(params) -> [X, Y]` (float32 log-softmax over responses, exact
+for every prompt, so metrics against wind_jax.games need no sampling). Parameters are plain pytrees, so they vmap over seeds.
 
 - LogLinearPolicy: f = theta . phi(x, y) with fixed features phi [X, Y, D].
   `random_features(kind="realizable")` = one-hot(x, y) ++ Gaussian features: every tabular policy,
@@ -79,8 +79,12 @@ class LogLinearPolicy:
     def init(self, key: jax.Array) -> jax.Array:
         return self.init_scale * jax.random.normal(key, (self.features.shape[-1],), jnp.float32)
 
+    def logits(self, params: jax.Array) -> jax.Array:
+        """Unnormalized f_theta(x, y) [X, Y]; log_probs = log_softmax(logits)."""
+        return jnp.einsum("xyd,d->xy", self.features, params)
+
     def log_probs(self, params: jax.Array) -> jax.Array:
-        return jax.nn.log_softmax(jnp.einsum("xyd,d->xy", self.features, params), axis=-1)
+        return jax.nn.log_softmax(self.logits(params), axis=-1)
 
 
 class _MLP(nnx.Module):
@@ -123,9 +127,12 @@ class MLPPolicy:
         model = _MLP(self.features.shape[-1], self.hidden, rngs=nnx.Rngs(params=key))
         return nnx.split(model)[1]
 
+    def logits(self, params: Any) -> jax.Array:
+        """Unnormalized f_theta(x, y) [X, Y]; log_probs = log_softmax(logits)."""
+        return self.logit_scale * nnx.merge(self._graphdef, params)(self.features)
+
     def log_probs(self, params: Any) -> jax.Array:
-        model = nnx.merge(self._graphdef, params)
-        return jax.nn.log_softmax(self.logit_scale * model(self.features), axis=-1)
+        return jax.nn.log_softmax(self.logits(params), axis=-1)
 
 
 jax.tree_util.register_dataclass(LogLinearPolicy, data_fields=["features"], meta_fields=["init_scale"])

@@ -18,6 +18,7 @@ from wind_jax.games.metrics import (
     kl,
     policy_win_rate,
     regularized_gap,
+    starved_mass,
     support_size,
 )
 from wind_jax.games.preferences import (
@@ -62,6 +63,7 @@ __all__ = [
     "regularized_gap",
     "reward_preference",
     "reward_to_preference",
+    "starved_mass",
     "support_size",
     "win_rate",
     "win_rate_frontier",

@@ -86,3 +86,19 @@ def support_size(pi, threshold: float = 1e-3) -> jax.Array:
     pi = v.as_array(pi)
     v.check_policy("pi", pi)
     return _support_size(pi, threshold)
+
+
+@jax.jit
+def _starved_mass(pi, pi_star, threshold):
+    return jnp.sum(jnp.where(pi < threshold, pi_star, 0.0), axis=-1)
+
+
+def starved_mass(pi, pi_star, threshold: float = 1e-3) -> jax.Array:
+    """pi_star's mass on responses to which pi gives probability < `threshold`, per context (MATH.md, "What a
+    learned per-prompt offset does not pin down"): the part of the target a policy has all but excluded."""
+    pi, pi_star = v.as_arrays(pi, pi_star)
+    v.check_policy("pi", pi)
+    v.check_policy("pi_star", pi_star)
+    v.check_same_shape(("pi", "pi_star"), pi, pi_star)
+    v.check_scalar("threshold", threshold, low=0.0, high=1.0)
+    return _starved_mass(pi, pi_star, threshold)
