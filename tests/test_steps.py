@@ -69,14 +69,14 @@ def test_one_step_matches_single_device_and_shardings(shape, single_device):
         np.testing.assert_allclose(float(v), ref_metrics[k], atol=1e-5, rtol=1e-5, err_msg=k)
     fsdp = "fsdp" if mesh.shape["fsdp"] > 1 else None
     tensor = "tensor" if mesh.shape["tensor"] > 1 else None
-    up = state["layers"][0]["mlp"]["up_proj"]["kernel"]
-    down = state["layers"][0]["mlp"]["down_proj"]["kernel"]
-    assert up.value.sharding.spec == P(fsdp, tensor)
-    assert down.value.sharding.spec == P(tensor, fsdp)
+    up = state["layers"]["mlp"]["up_proj"]["kernel"]       # stacked [L, D, F]: "layers" is replicated
+    down = state["layers"]["mlp"]["down_proj"]["kernel"]
+    assert up.value.sharding.spec == P(None, fsdp, tensor)
+    assert down.value.sharding.spec == P(None, tensor, fsdp)
     assert state["embed"]["embedding"].value.sharding.spec == P(tensor, fsdp)
     adam = opt_state[1][0]
     for moments in (adam.mu, adam.nu):
-        assert moments["layers"][0]["mlp"]["up_proj"]["kernel"].value.sharding.spec == P(fsdp, tensor)
+        assert moments["layers"]["mlp"]["up_proj"]["kernel"].value.sharding.spec == P(None, fsdp, tensor)
         assert moments["embed"]["embedding"].value.sharding.spec == P(tensor, fsdp)
     # A second step reuses the compiled executable (outputs carry the input shardings) and donates its inputs.
     old = state["embed"]["embedding"].value

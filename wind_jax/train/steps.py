@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wind_jax import losses, sharding
-from wind_jax.models import Transformer, token_logprobs
+from wind_jax.models import Transformer
 
 Array = jax.Array
 Batch = Mapping[str, Any]
@@ -98,10 +100,20 @@ def _params(state):
 
 
 def init_optimizer_state(optimizer: optax.GradientTransformation, state, mesh: Mesh):
-    """Optimizer state created directly with the params' shardings (moments inherit each Param's metadata)."""
+    """Optimizer state created directly with the params' shardings (moments inherit each Param's metadata).
+
+    Every leaf is strongly typed (an injected learning rate included), so the state a step returns has the
+    same types as the one it was given and one compiled step serves both. Equal arguments share one compile."""
     params, _ = _params(state)
-    abstract = jax.eval_shape(optimizer.init, params)
-    return jax.jit(optimizer.init, out_shardings=sharding.state_shardings(abstract, mesh))(params)
+
+    def init(p):
+        return jax.tree.map(lambda x: jnp.asarray(x, x.dtype), optimizer.init(p))
+
+    def build():
+        abstract = jax.eval_shape(init, params)
+        return jax.jit(init, out_shardings=sharding.state_shardings(abstract, mesh))
+
+    return _cached_jit(("init_optimizer_state", optimizer, mesh, _avals(params)), build)(params)
 
 
 # ------------------------------------------------------------------------------- policy outputs (log-probs)
@@ -133,35 +145,51 @@ def _split_module(module) -> tuple[Transformer, PolicyWithOffset | None]:
     return module, None
 
 
-def response_logprobs(module, tokens: Array, response_mask: Array, attention_mask: Array | None = None
-                      ) -> tuple[Array, Array]:
+def response_logprobs(module, tokens: Array, response_mask: Array, attention_mask: Array | None = None, *,
+                      response_width: int | None = None) -> tuple[Array, Array]:
     """(summed response log-probs [B] float32, final hidden states [B, T, D]) in ONE forward pass.
 
-    Same quantity as wind_jax.models.sequence_logprobs: sum_t response_mask[t] log p(tokens[t] | tokens[<t]).
+    Same quantity as wind_jax.models.sequence_logprobs: sum_t response_mask[t] log p(tokens[t] | tokens[<t]),
+    computed as logit[token] - logsumexp(logits). With ``response_width`` = R (every response token lies in
+    the last R columns, as in the loop's [prompt | response] rows) the output projection runs only on the
+    R positions that predict them.
     """
     policy, _ = _split_module(module)
     hidden = policy.hidden(tokens, attention_mask=attention_mask)
-    lp = token_logprobs(policy.logits_from_hidden(hidden), tokens)
-    return jnp.sum(jnp.where(response_mask[:, 1:].astype(bool), lp, 0.0), axis=-1), hidden
+    start = 1 if response_width is None else tokens.shape[1] - response_width
+    logits = policy.logits_from_hidden(hidden[:, start - 1:-1]).astype(jnp.float32)
+    target = tokens[:, start:, None].astype(jnp.int32)
+    lp = jnp.take_along_axis(logits, target, axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+    return jnp.sum(jnp.where(response_mask[:, start:].astype(bool), lp, 0.0), axis=-1), hidden
 
 
-def policy_outputs(module, batch: Batch, keys: tuple[str, ...]) -> dict[str, Array]:
-    """The LossSpec ``policy_keys``: summed log-probs per response name, and "offset" b(x) if asked."""
-    out, hiddens = {}, {}
-    for name in keys:
-        if name == "offset":
-            continue
+def policy_outputs(module, batch: Batch, keys: tuple[str, ...], *, response_width: int | None = None
+                   ) -> dict[str, Array]:
+    """The LossSpec ``policy_keys``: summed log-probs per response name, and "offset" b(x) if asked.
+
+    Responses of equal length are concatenated along the batch and scored in ONE forward pass."""
+    names = [k for k in keys if k != "offset"]
+    for name in names:
         if name not in batch["tokens"]:
             raise ValueError(f'batch["tokens"] has no response {name!r}; the loss needs {list(keys)}')
-        attn = batch.get("attention_mask", {}).get(name)
-        out[name], hiddens[name] = response_logprobs(module, batch["tokens"][name], batch["response_mask"][name],
-                                                     attn)
+    out, hiddens = {}, {}
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(batch["tokens"][name].shape[1], []).append(name)
+    for group in groups.values():
+        cat = lambda f: jnp.concatenate([batch[f][n] for n in group], axis=0)  # noqa: E731
+        attn = cat("attention_mask") if all(n in batch.get("attention_mask", {}) for n in group) else None
+        lp, hidden = response_logprobs(module, cat("tokens"), cat("response_mask"), attn,
+                                       response_width=response_width)
+        sizes = [batch["tokens"][n].shape[0] for n in group]
+        splits = list(itertools.accumulate(sizes))[:-1]
+        for n, lp_n, h_n in zip(group, jnp.split(lp, splits), jnp.split(hidden, splits)):
+            out[n], hiddens[n] = lp_n, h_n
     if "offset" in keys:
         _, head = _split_module(module)
         if head is None:
             raise ValueError('the loss needs the policy output "offset": wrap the model in PolicyWithOffset')
-        first = next(k for k in keys if k != "offset")
-        out["offset"] = head.offset(hiddens[first], batch["response_mask"][first])
+        out["offset"] = head.offset(hiddens[names[0]], batch["response_mask"][names[0]])
     return out
 
 
@@ -205,26 +233,36 @@ def _select(batch: Batch, spec: losses.LossSpec) -> dict:
     return out
 
 
-def policy_step(graphdef, state, opt_state, batch: Batch, loss_name: str, hparams: Mapping[str, float] | None = None,
-                *, optimizer: optax.GradientTransformation, num_micro_batches: int = 1, weighting: str = "example"):
+def policy_step(graphdef, state, opt_state, batch: Batch, loss_name: str, hparams: Mapping[str, Any] | None = None,
+                *, optimizer: optax.GradientTransformation, num_micro_batches: int = 1, weighting: str = "example",
+                response_width: int | None = None, learning_rate: Array | None = None, rows: Array | None = None):
     """One optimizer update of the trainable policy on ``batch`` with loss ``loss_name`` (pure; jit it).
 
     Objective: sum_i w_i l_i / sum_i w_i over the WHOLE batch (w = batch["weight"], times the number of
     response tokens when weighting="tokens"); gradients are accumulated over ``num_micro_batches`` with
     lax.scan, each micro-batch contributing sum_{i in mb} w_i l_i / sum_all w, so the update equals the
-    full-batch one. Returns (state, opt_state, metrics): metrics hold the loss's own metrics (averaged
-    over micro-batches), "loss" (weighted), "grad_norm" (before clipping), "weight_sum".
+    full-batch one. ``hparams`` values may be traced (a schedule does not recompile). ``learning_rate``
+    (traced) replaces the injected rate of an optimizer built with injectable_learning_rate=True. ``rows``
+    (int [b]) selects the minibatch inside the step. Returns (state, opt_state, metrics): the loss's own
+    metrics (averaged over micro-batches), "loss" (weighted), "grad_norm" (before clipping), "weight_sum".
     """
     spec = losses.get_loss(loss_name)
     hparams = dict(hparams or {})
+    if rows is not None:
+        batch = jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if jnp.ndim(x) else x, batch)
     batch = _select(batch, spec)
+    if learning_rate is not None:
+        if not isinstance(getattr(opt_state, "hyperparams", None), dict):
+            raise ValueError("learning_rate given but the optimizer has no injected learning rate "
+                             "(build it with OptimizerConfig(injectable_learning_rate=True))")
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
     params, rest = _params(state)
     weights = _example_weights(batch, spec.policy_keys, weighting)
     total_weight = jnp.sum(weights)
 
     def weighted_loss(p, mb, w):
         module = nnx.merge(graphdef, p, rest)
-        logps = policy_outputs(module, mb, spec.policy_keys)
+        logps = policy_outputs(module, mb, spec.policy_keys, response_width=response_width)
         frozen = {k: mb[k] for k in spec.batch_keys}
         per_example, metrics = losses.compute_loss(spec, logps, frozen, hparams)
         return jnp.sum(w * per_example.astype(jnp.float32)) / total_weight, metrics
@@ -253,15 +291,11 @@ def policy_step(graphdef, state, opt_state, batch: Batch, loss_name: str, hparam
 # ---------------------------------------------------------------------------------------- log-prob step
 
 
-def logprob_step(graphdef, state, batch: Batch) -> dict[str, Array]:
-    """Frozen-model summed response log-probs {resp: [B] float32} for every response in batch["tokens"]."""
-    module = nnx.merge(graphdef, state)
-    out = {}
-    for name in batch["tokens"]:
-        attn = batch.get("attention_mask", {}).get(name)
-        out[name] = jax.lax.stop_gradient(
-            response_logprobs(module, batch["tokens"][name], batch["response_mask"][name], attn)[0])
-    return out
+def logprob_step(graphdef, state, batch: Batch, *, response_width: int | None = None) -> dict[str, Array]:
+    """Frozen-model summed response log-probs {resp: [B] float32} for every response in batch["tokens"]
+    (equal-length responses in one forward pass)."""
+    out = policy_outputs(nnx.merge(graphdef, state), batch, tuple(batch["tokens"]), response_width=response_width)
+    return jax.tree.map(jax.lax.stop_gradient, out)
 
 
 # ----------------------------------------------------------------------------------------- reward step
@@ -314,44 +348,98 @@ def _replicated_tree(tree, mesh: Mesh):
     return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
 
 
+def _avals(tree) -> tuple:
+    """A hashable description of a pytree's structure, shapes and dtypes (a compile-cache key)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def _cached_jit(key: tuple, build: Callable[[], Callable]) -> Callable:
+    """One jitted function per key: loops of equal shapes in one process (seeds, a resumed run, a benchmark
+    sweep) share compiles."""
+    if key not in _COMPILED:
+        _COMPILED[key] = build()
+    return _COMPILED[key]
+
+
 def jit_policy_step(graphdef, state, opt_state, batch: Batch, mesh: Mesh, *, loss_name: str,
                     optimizer: optax.GradientTransformation, hparams: Mapping[str, float] | None = None,
-                    num_micro_batches: int = 1, weighting: str = "example", donate: bool = True) -> Callable:
+                    traced: tuple[str, ...] = (), num_micro_batches: int = 1, weighting: str = "example",
+                    response_width: int | None = None, minibatch: bool = False, donate: bool = True) -> Callable:
     """``policy_step`` jitted with explicit in/out shardings (params and optimizer state by their logical
     axes, batch split over the "batch" mesh axes, metrics replicated) and donation of state/opt_state.
 
     ``state``, ``opt_state``, ``batch`` may be arrays or ShapeDtypeStructs: only shapes are read here.
-    hparams are static (the loss validators need concrete values); a new value compiles a new step.
-    Returns fn(state, opt_state, batch) -> (state, opt_state, metrics).
+    ``hparams`` are static (the loss validators check them); the names in ``traced`` (loss hparams such as
+    beta / eta, and "learning_rate") are passed at call time, so a schedule never recompiles. With
+    ``minibatch=True`` the step takes the whole iteration batch and an int32 row index [b]; the gather
+    happens inside the step. Equal arguments return the same compiled step.
+    Returns fn(state, opt_state, batch, dynamic=None, rows=None) -> (state, opt_state, metrics).
     """
     spec = losses.get_loss(loss_name)
-    state_sh = sharding.state_shardings(state, mesh)
-    opt_sh = sharding.state_shardings(opt_state, mesh)
     batch = _select(batch, spec)
-    batch_sh = sharding.batch_shardings(batch, mesh)
-    fn = lambda s, o, b: policy_step(graphdef, s, o, _select(b, spec), loss_name, hparams, optimizer=optimizer,
-                                     num_micro_batches=num_micro_batches, weighting=weighting)
-    metrics_shape = jax.eval_shape(fn, state, opt_state, batch)[2]
-    jitted = jax.jit(fn, in_shardings=(state_sh, opt_sh, batch_sh),
-                     out_shardings=(state_sh, opt_sh, _replicated_tree(metrics_shape, mesh)),
-                     donate_argnums=(0, 1) if donate else ())
+    static = tuple(sorted((k, float(v)) for k, v in (hparams or {}).items()))
+    traced = tuple(sorted(traced))
+    bad = sorted(set(traced) - set(spec.defaults) - {"learning_rate"})
+    if bad:
+        raise ValueError(f"jit_policy_step: traced {bad} are not hparams of loss {loss_name!r} "
+                         f"(it takes {sorted(spec.defaults)} and learning_rate)")
+    key = ("policy_step", graphdef, loss_name, optimizer, static, traced, num_micro_batches, weighting,
+           response_width, minibatch, donate, mesh, _avals(state), _avals(opt_state), _avals(batch))
 
-    def step(s, o, b):
+    def build():
+        state_sh = sharding.state_shardings(state, mesh)
+        opt_sh = sharding.state_shardings(opt_state, mesh)
+        batch_sh = sharding.batch_shardings(batch, mesh)
+
+        def fn(s, o, b, dyn, rows):
+            hp = {**dict(static), **{k: v for k, v in dyn.items() if k != "learning_rate"}}
+            return policy_step(graphdef, s, o, _select(b, spec), loss_name, hp, optimizer=optimizer,
+                               num_micro_batches=num_micro_batches, weighting=weighting,
+                               response_width=response_width, learning_rate=dyn.get("learning_rate"), rows=rows)
+
+        dyn0 = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in traced}
+        rows0 = jax.ShapeDtypeStruct((1,), jnp.int32) if minibatch else None
+        metrics_shape = jax.eval_shape(fn, state, opt_state, batch, dyn0, rows0)[2]
+        rep = NamedSharding(mesh, PartitionSpec())
+        return jax.jit(fn, in_shardings=(state_sh, opt_sh, batch_sh, _replicated_tree(dyn0, mesh),
+                                         None if rows0 is None else rep),
+                       out_shardings=(state_sh, opt_sh, _replicated_tree(metrics_shape, mesh)),
+                       donate_argnums=(0, 1) if donate else ())
+
+    jitted = _cached_jit(key, build)
+
+    def step(s, o, b, dynamic=None, rows=None):
+        dynamic = dict(dynamic or {})
+        if set(dynamic) != set(traced):
+            raise ValueError(f"policy step: dynamic hparams {sorted(dynamic)} != traced {list(traced)}")
+        if minibatch != (rows is not None):
+            raise ValueError("policy step: pass rows exactly when built with minibatch=True")
+        dyn = {k: np.float32(v) for k, v in dynamic.items()}
+        r = None if rows is None else np.asarray(rows, np.int32)
         with jax.set_mesh(mesh):
-            return jitted(s, o, _select(b, spec))
+            return jitted(s, o, _select(b, spec), dyn, r)
 
     step.jitted = jitted
     return step
 
 
-def jit_logprob_step(graphdef, state, batch: Batch, mesh: Mesh) -> Callable:
+def jit_logprob_step(graphdef, state, batch: Batch, mesh: Mesh, *, response_width: int | None = None) -> Callable:
     """``logprob_step`` jitted with the state's shardings and the batch split over the batch axes."""
     batch = {f: batch[f] for f in ("tokens", "response_mask", "attention_mask") if f in batch}
-    state_sh = sharding.state_shardings(state, mesh)
-    batch_sh = sharding.batch_shardings(batch, mesh)
-    out_sh = {n: NamedSharding(mesh, sharding.batch_spec(1, mesh)) for n in batch["tokens"]}
-    jitted = jax.jit(lambda s, b: logprob_step(graphdef, s, b), in_shardings=(state_sh, batch_sh),
-                     out_shardings=out_sh)
+    key = ("logprob_step", graphdef, mesh, response_width, _avals(state), _avals(batch))
+
+    def build():
+        state_sh = sharding.state_shardings(state, mesh)
+        batch_sh = sharding.batch_shardings(batch, mesh)
+        out_sh = {n: NamedSharding(mesh, sharding.batch_spec(1, mesh)) for n in batch["tokens"]}
+        return jax.jit(lambda s, b: logprob_step(graphdef, s, b, response_width=response_width),
+                       in_shardings=(state_sh, batch_sh), out_shardings=out_sh)
+
+    jitted = _cached_jit(key, build)
 
     def step(s, b):
         with jax.set_mesh(mesh):
