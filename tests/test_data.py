@@ -285,3 +285,17 @@ def test_sharegpt_first_human_turns_from_a_truncated_file(tmp_path):
     assert rows == [{"messages": [{"role": "user", "content": c}]} for c in ("What is 2+2?", "x" * 50, "Grüße ☃")]
     report = data.check_jsonl(out)
     assert (report.records, report.skips.total) == (3, 0)
+
+
+def test_skips_are_reported_before_a_batch_even_when_the_pass_is_not_finished(capsys):
+    source = [{"prompt": "y" * 40, "messages": "", "line": 1}] + [
+        {"prompt": f"p{i}", "messages": "", "line": i + 2} for i in range(6)]
+    seed = next(s for s in range(100) if list(data.shuffled_indices(7, s, 0)).index(0) < 2)  # long one early
+    loader = data.PromptLoader(source, byte_tokenizer, batch_size=2, buckets=(8,), on_overlong="skip",
+                               source_name="src.jsonl", seed=seed)
+    batches = loader.epoch(0)
+    next(batches)
+    assert capsys.readouterr().out == "src.jsonl: 1 of 3 examples read so far skipped: longer than the largest " \
+        "bucket 8 tokens\n"
+    assert len(list(batches)) == 2
+    assert capsys.readouterr().out == "src.jsonl: 1 of 7 examples skipped: longer than the largest bucket 8 tokens\n"

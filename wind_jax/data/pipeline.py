@@ -2,8 +2,8 @@
 
 Works on any random-access source (``len`` and ``__getitem__`` returning the builders' feature dicts), so
 it needs neither TensorFlow nor tfds at run time. Over-long examples raise ValueError naming file:line, or
-with ``on_overlong="skip"`` are counted in ``loader.skips`` and the count is printed at the end of the pass
-("N of M examples skipped: ..."); nothing is ever truncated. An epoch that keeps no example at all raises
+with ``on_overlong="skip"`` are counted in ``loader.skips`` and the count is printed (before the next batch
+and at the end of the pass: "N of M examples skipped: ..."); nothing is ever truncated. An epoch that keeps no example at all raises
 ValueError instead of ending empty.
 """
 from __future__ import annotations
@@ -82,31 +82,38 @@ class _Loader:
             raise err
         self.skips.add(err)
 
-    def _examples(self, epoch: int) -> Iterator:
-        before, kept = self.skips.total, 0
+    def epoch(self, epoch: int) -> Iterator[dict]:
+        """Batches of one epoch, shuffled by (seed, epoch). Skipped over-long examples are reported before
+        each batch that follows new skips ("k of n examples read so far skipped") and at the end of the pass
+        ("k of n examples skipped"); a pass that keeps nothing raises ValueError."""
+        chunk, seen, skipped, reported, kept = [], 0, 0, 0, 0
+
+        def report(final: bool) -> None:
+            nonlocal reported
+            if skipped > reported or (final and skipped):
+                so_far = "" if final else "read so far "
+                print(f"{self.source_name}: {skipped} of {seen} examples {so_far}skipped: longer than the "
+                      f"largest bucket {self.buckets[-1]} tokens", flush=True)
+                reported = skipped
+
         for i in shuffled_indices(len(self.source), self.seed, epoch):
             record = self.source[int(i)]
+            seen += 1
             self.skips.seen += 1
             example = self._encode(record)
-            if example is not None:
-                kept += 1
-                yield int(i), record, example
-        skipped = self.skips.total - before
+            if example is None:
+                skipped += 1
+                continue
+            kept += 1
+            chunk.append((int(i), record, example))
+            if len(chunk) == self.batch_size:
+                report(final=False)
+                yield self._collate(chunk)
+                chunk = []
         if kept == 0:
             raise ValueError(f"{self.source_name}: no usable example in {len(self.source)} records "
                              f"({skipped} longer than the largest bucket {self.buckets[-1]} tokens)")
-        if skipped:
-            print(f"{self.source_name}: {skipped} of {len(self.source)} examples skipped: longer than the "
-                  f"largest bucket {self.buckets[-1]} tokens", flush=True)
-
-    def epoch(self, epoch: int) -> Iterator[dict]:
-        """Batches of one epoch, shuffled by (seed, epoch)."""
-        chunk = []
-        for item in self._examples(epoch):
-            chunk.append(item)
-            if len(chunk) == self.batch_size:
-                yield self._collate(chunk)
-                chunk = []
+        report(final=True)
         if chunk and not self.drop_remainder:
             yield self._collate(chunk)
 

@@ -13,10 +13,12 @@ nnx.LoRAParam (a subclass of nnx.Param): select them with the `LORA` filter, and
 `merge_lora` once and sample the plain Transformer.
 
 Written by hand rather than through qwix (the LoRA library Tunix uses): qwix 0.1.8 installs and runs with
-jax 0.10.2 / flax 0.12.8 on a decoder with one module per layer, but on the stacked decoder (one module
-whose parameters carry a leading layer axis, split and re-merged per layer inside jax.lax.scan or a loop)
-its interception fails while tracing (IndexError in both the scanned and the looped mode): qwix creates the
-adapter on the module object that runs the matmul, which here is a transient per-layer copy.
+jax 0.10.2 / flax 0.12.8 on a decoder with one module per layer, but not on the stacked decoder (one module
+whose parameters carry a leading layer axis, split and re-merged per layer inside jax.lax.scan or a loop).
+There apply_lora_to_model fails while tracing (IndexError, scanned and looped alike): qwix attaches its
+rng state to every module, the stacked module included, whose state the decoder slices per layer; and
+qwix creates each adapter as an attribute of the module object that runs the matmul, which in the stacked
+decoder is a transient per-layer copy, so the adapters would not persist.
 """
 from __future__ import annotations
 
