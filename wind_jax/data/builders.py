@@ -129,6 +129,12 @@ def _quiet_tfds():
         absl_logger.removeFilter(drop)
 
 
+def _prepared(builder) -> bool:
+    """Whether the builder's version directory holds a finished dataset (tfds's own is_prepared logs a
+    warning for a directory that does not exist yet)."""
+    return os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
 def build(kind: str, jsonl_path: str, data_dir: str, *, skip_invalid: bool = False,
           max_prompt_chars: int | None = None, skip_malformed: bool | None = None):
     """Validate ``jsonl_path`` and write it as an array_record tfds dataset under ``data_dir``; return the builder.
@@ -150,7 +156,7 @@ def build(kind: str, jsonl_path: str, data_dir: str, *, skip_invalid: bool = Fal
         print(report.summary(), flush=True)
     kwargs = dict(jsonl_path=jsonl_path, skip_invalid=skip_invalid, max_prompt_chars=max_prompt_chars)
     builder = BUILDERS[kind](**kwargs, data_dir=data_dir)
-    if builder.is_prepared():
+    if _prepared(builder):
         return builder
     os.makedirs(data_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".incomplete_build_", dir=data_dir)
@@ -162,7 +168,7 @@ def build(kind: str, jsonl_path: str, data_dir: str, *, skip_invalid: bool = Fal
         try:
             os.rename(staged.data_dir, builder.data_dir)
         except OSError:
-            if not BUILDERS[kind](**kwargs, data_dir=data_dir).is_prepared():  # else: a concurrent build won
+            if not _prepared(builder):  # else: a concurrent build of the same file won
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
