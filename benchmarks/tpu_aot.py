@@ -66,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--param-dtype", default=None, help="default float32 (training), bfloat16 (decode)")
     p.add_argument("--decode", action="store_true", help="plan the sampler's decode step instead")
     p.add_argument("--cache-length", type=int, default=2048, help="KV-cache slots for --decode")
+    p.add_argument("--layer-costs", default=True, action=argparse.BooleanOptionalAction,
+                   help="FLOPs / time of a scanned model from unrolled 1- and 2-layer compiles (XLA counts a "
+                        "loop body once)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     for name in ("batch", "length", "cache_length"):
@@ -195,11 +198,12 @@ def main(argv=None):
     config = model_config(args)
     chip = chip_of(args.topology) if args.platform == "tpu" else None
 
+    def lower(cfg):
+        return (lower_decode if args.decode else lower_train)(args, cfg, mesh)
+
     t0 = time.perf_counter()
-    if args.decode:
-        lowered, cache_bytes = lower_decode(args, config, mesh)
-    else:
-        lowered, tokens = lower_train(args, config, mesh)
+    lowered, size = lower(config)  # size: KV-cache bytes (decode) or tokens per step (training)
+    cache_bytes = tokens = size
     lower_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = lowered.compile()
@@ -210,24 +214,30 @@ def main(argv=None):
     temp_gib = mem.temp_size_in_bytes / GIB
     out_gib = (mem.output_size_in_bytes - mem.alias_size_in_bytes) / GIB
     total_gib = arg_gib + out_gib + temp_gib + mem.generated_code_size_in_bytes / GIB
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost, cost_source = _cost(compiled), "compiler"
+    if config.scan_layers and config.num_layers > 2 and args.layer_costs:
+        # XLA's cost analysis counts a while-loop body once: take the cost of the unrolled step with 1 and
+        # 2 layers (same batch and mesh) and extrapolate linearly to num_layers (the layers are identical).
+        c1, c2 = (_cost(lower(config.replace(num_layers=k, scan_layers=False))[0].compile()) for k in (1, 2))
+        extra = config.num_layers - 1
+        cost = {k: c1[k] + extra * (c2[k] - c1[k]) for k in c1 if k in c2}
+        cost_source = "compiler, unrolled 1- and 2-layer steps extrapolated to all layers"
     flops = float(cost.get("flops", 0.0))
     bytes_accessed = float(cost.get("bytes accessed", 0.0))
     est_s = cost.get("optimal_seconds")
-    est_source = "compiler (optimal_seconds)"
+    est_source = cost_source + " (optimal_seconds)"
     if est_s is None or float(est_s) <= 0:
         est_s = None
         if chip is not None:  # roofline of the compiler's counts
             est_s = max(flops / chip.peak_bf16_flops, bytes_accessed / chip.hbm_bytes_per_s)
-            est_source = "roofline of the compiler's flops / bytes"
+            est_source = f"roofline of the {cost_source} flops / bytes"
     n = config.num_params
     out = {"topology": args.topology, "platform": args.platform, "model": args.model, "chips": chips,
            "mesh": dict(zip(sharding.MESH_AXES, mesh_shape)), "num_params": n,
            "remat": config.remat, "attention": config.attention, "param_dtype": config.param_dtype,
            "argument_gib": arg_gib, "temp_gib": temp_gib, "per_chip_gib": total_gib,
            "hbm_gib": None if chip is None else chip.hbm_gib, "lower_s": lower_s, "compile_s": compile_s,
-           "flops_per_chip": flops, "bytes_per_chip": bytes_accessed,
+           "flops_per_chip": flops, "bytes_per_chip": bytes_accessed, "cost_source": cost_source,
            "estimated_step_s": None if est_s is None else float(est_s), "estimate_source": est_source,
            "jax": jax.__version__}
     if args.decode:
@@ -248,6 +258,12 @@ def main(argv=None):
     return out
 
 
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {k: float(v) for k, v in cost.items() if k in ("flops", "bytes accessed", "optimal_seconds")}
+
+
 def report(o):
     hbm = f" of {o['hbm_gib']:.0f} GiB HBM ({100 * o['per_chip_gib'] / o['hbm_gib']:.0f}%)" if o["hbm_gib"] else ""
     what = (f"decode step, {o['rows']} rows, cache {o['cache_length']}" if o["mode"] == "decode" else
@@ -257,7 +273,8 @@ def report(o):
     print(f"  per chip: arguments {o['argument_gib']:.2f} GiB, temporaries {o['temp_gib']:.2f} GiB, "
           f"total {o['per_chip_gib']:.2f} GiB{hbm}")
     print(f"  compile {o['compile_s']:.1f} s on this host (lowering {o['lower_s']:.1f} s)")
-    print(f"  compiler FLOPs per chip {o['flops_per_chip']:.3e}, bytes {o['bytes_per_chip']:.3e}")
+    print(f"  compiler FLOPs per chip {o['flops_per_chip']:.3e}, bytes {o['bytes_per_chip']:.3e} "
+          f"({o['cost_source']})")
     if o["estimated_step_s"] is not None:
         print(f"  ESTIMATED step time {1e3 * o['estimated_step_s']:.1f} ms ({o['estimate_source']}; an estimate "
               "of XLA's cost model, not a measurement)")
