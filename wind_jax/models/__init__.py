@@ -1,4 +1,5 @@
 """Llama-family policy (Flax NNX), reward / preference heads, Hugging Face / GGUF checkpoints, tokenizer."""
+from wind_jax.models.attention import AttentionMask, attention
 from wind_jax.models.config import LlamaConfig, rope_inv_frequencies
 from wind_jax.models.heads import (
     PreferenceHead,
@@ -8,6 +9,7 @@ from wind_jax.models.heads import (
     pool_last,
 )
 from wind_jax.models.transformer import (
+    CACHE_AXES,
     SHARDING_METADATA_KEY,
     KVCache,
     Transformer,
@@ -21,6 +23,9 @@ from wind_jax.models.tokenizer import Tokenizer
 __all__ = [
     "LlamaConfig",
     "rope_inv_frequencies",
+    "attention",
+    "AttentionMask",
+    "CACHE_AXES",
     "SHARDING_METADATA_KEY",
     "KVCache",
     "Transformer",
