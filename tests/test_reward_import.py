@@ -7,6 +7,7 @@ test checks parity with transformers' scores (1e-4) on a random checkpoint writt
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -42,6 +43,12 @@ def classifier_dir(tmp_path, *, num_labels=1, arch="LlamaForSequenceClassificati
     return out, backbone, tensors
 
 
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    """One classifier directory shared by the tests that only read it."""
+    return classifier_dir(tmp_path_factory.mktemp("shared"))[0]
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_reward_is_score_of_last_real_hidden_state(tmp_path, bias):
     out, backbone, tensors = classifier_dir(tmp_path, bias=bias)
@@ -57,9 +64,8 @@ def test_reward_is_score_of_last_real_hidden_state(tmp_path, bias):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_bradley_terry_oracle_function(tmp_path):
-    out, _, _ = classifier_dir(tmp_path)
-    _, head = import_reward_model(out)
+def test_bradley_terry_oracle_function(rm_dir):
+    _, head = import_reward_model(rm_dir)
     rng = np.random.default_rng(2)
     prompt = Tok(rng.integers(0, 128, (4, 3)), np.ones((4, 3), bool))
     a = Tok(rng.integers(0, 128, (4, 5)), np.arange(5)[None] < np.array([[5], [2], [4], [1]]))
@@ -73,6 +79,20 @@ def test_bradley_terry_oracle_function(tmp_path):
         reward_prob_fn(head)(prompt, a, Tok(b.tokens[:2], b.mask[:2]))
     with pytest.raises(ValueError, match="RewardHead"):
         reward_prob_fn(Transformer(LlamaConfig.tiny(num_layers=1), rngs=nnx.Rngs(0)))
+
+
+def test_usable_as_the_loops_head_oracle(rm_dir):
+    from wind_jax.train.oracle import HeadOracle, Tokens
+
+    _, head = import_reward_model(rm_dir)
+    rng = np.random.default_rng(3)
+    prompt = Tokens(jnp.asarray(rng.integers(0, 128, (3, 4)), jnp.int32), jnp.ones((3, 4), bool))
+    a = Tokens(jnp.asarray(rng.integers(0, 128, (3, 5)), jnp.int32), jnp.arange(5)[None] < jnp.array([[5], [3], [1]]))
+    b = Tokens(jnp.asarray(rng.integers(0, 128, (3, 5)), jnp.int32), jnp.arange(5)[None] < jnp.array([[2], [5], [4]]))
+    oracle = HeadOracle(reward_prob_fn(head), symmetrize=False)
+    pref = oracle(prompt, a, b, jax.random.key(0))
+    np.testing.assert_allclose(pref.prob, reward_prob_fn(head)(prompt, a, b), rtol=0, atol=0)
+    assert oracle.num_queries == 3 and set(np.asarray(pref.outcome).tolist()) <= {0.0, 1.0}
 
 
 def test_reward_import_errors(tmp_path):
