@@ -34,7 +34,7 @@ def test_merged_export_is_base_plus_scaled_ab(tmp_path, scan_layers):
     assert set(got) == set(base_hf)
     changed = set()
     for name, adapter in model.adapters.items():
-        module = name.split(".")[-2]
+        module = name.split("__")[-2]
         a = np.asarray(adapter.a[...], np.float64)  # [L, in, r]
         b = np.asarray(adapter.b[...], np.float64)  # [L, r, out]
         for layer in range(config.num_layers):

@@ -54,7 +54,8 @@ class LoraAdapter(nnx.Module):
 
 
 def _key(path: tuple) -> str:
-    return ".".join(str(p) for p in path)
+    """Adapter name of a kernel path, e.g. 'layers__attn__q_proj__kernel' (no dots: checkpoint-safe)."""
+    return "__".join(str(p) for p in path)
 
 
 class LoraTransformer(nnx.Module):
