@@ -396,3 +396,24 @@ def test_log_normalizer_offset_reduces_starved_mass_after_reset():
     assert np.all(final["log_normalizer"]["kl_to_equilibrium"] < final["reset"]["kl_to_equilibrium"]), final
     with pytest.raises(ValueError, match="offset_mode"):
         algorithms.with_offset(base, "free")
+
+
+def test_study_table_cells_say_at_start_and_handle_unreached_runs():
+    """Issue 14: a method that meets the threshold at initialisation shows "at start", not "0 queries"; runs
+    that never reach it are counted, and the bootstrap CI of the median stays finite where it should."""
+    from benchmarks import bandit_study
+    from experiments import bandit_sample_efficiency as bse
+
+    assert bse.reach_label(0) == "at start" and bse.reach_label(None) == "not reached" and bse.reach_label(480) == "480"
+    q = np.array([0, 240, 480, 720])
+    assert bandit_study.first_reach(np.array([0.3, 0.2, 0.05, 0.01]), q, 0.1) == 480
+    assert bandit_study.first_reach(np.array([0.05, 0.2, 0.05, 0.01]), q, 0.1) == 0
+    assert bandit_study.first_reach(np.array([0.3, 0.2, 0.15, 0.11]), q, 0.1) == np.inf
+    assert bandit_study._cell({"at_start": True, "median": 0.0, "ci90": [0, 0], "reached": 25, "runs": 25}) == "at start"
+    vals = np.array([[240.0, 480.0], [480.0, np.inf], [240.0, 240.0]])
+    med, lo, hi = bandit_study.median_ci(vals, np.random.default_rng(0), reps=200)
+    assert med == 360.0 and lo <= med <= hi
+    cell = bandit_study._cell({"at_start": False, "median": med, "ci90": [lo, hi], "reached": 5, "runs": 6})
+    assert cell.startswith("360 [") and cell.endswith("(5/6)")
+    partly = bandit_study._cell({"at_start": False, "median": 0.0, "ci90": [0.0, 480.0], "reached": 6, "runs": 6})
+    assert partly == "at start [at start, 480] (6/6)"
