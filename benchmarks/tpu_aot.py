@@ -198,8 +198,8 @@ def main(argv=None):
     config = model_config(args)
     chip = chip_of(args.topology) if args.platform == "tpu" else None
 
-    def lower(cfg):
-        return (lower_decode if args.decode else lower_train)(args, cfg, mesh)
+    def lower(cfg, on_mesh=None):
+        return (lower_decode if args.decode else lower_train)(args, cfg, on_mesh or mesh)
 
     t0 = time.perf_counter()
     lowered, size = lower(config)  # size: KV-cache bytes (decode) or tokens per step (training)
@@ -216,12 +216,9 @@ def main(argv=None):
     total_gib = arg_gib + out_gib + temp_gib + mem.generated_code_size_in_bytes / GIB
     cost, cost_source = _cost(compiled), "compiler"
     if config.scan_layers and config.num_layers > 2 and args.layer_costs:
-        # XLA's cost analysis counts a while-loop body once: take the cost of the unrolled step with 1 and
-        # 2 layers (same batch and mesh) and extrapolate linearly to num_layers (the layers are identical).
-        c1, c2 = (_cost(lower(config.replace(num_layers=k, scan_layers=False))[0].compile()) for k in (1, 2))
-        extra = config.num_layers - 1
-        cost = {k: c1[k] + extra * (c2[k] - c1[k]) for k in c1 if k in c2}
-        cost_source = "compiler, unrolled 1- and 2-layer steps extrapolated to all layers"
+        print(f"  (scanned program: arguments {arg_gib:.2f} GiB, temporaries {temp_gib:.2f} GiB, compile "
+              f"{compile_s:.1f} s; now the 1- and 2-layer unrolled compiles for the FLOP count)", flush=True)
+        cost, cost_source = _layer_extrapolated_cost(args, config, mesh_shape, lower, cost)
     flops = float(cost.get("flops", 0.0))
     bytes_accessed = float(cost.get("bytes accessed", 0.0))
     est_s = cost.get("optimal_seconds")
@@ -256,6 +253,43 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
     return out
+
+
+def _layer_extrapolated_cost(args, config, mesh_shape, lower, fallback):
+    """XLA's cost analysis counts a while-loop body once, so a scanned model's FLOPs are taken from the
+    unrolled step with 1 and 2 layers (same batch, mesh and shardings), extrapolated linearly to
+    num_layers (the layers are identical). If those compiles do not fit the chip's HBM (the unrolled
+    program is scheduled differently), they run on a v5p topology with the same chip count: the per-chip
+    FLOPs of the partitioned program do not depend on the chip."""
+    import numpy as np
+
+    from wind_jax import sharding
+
+    def costs(mesh):
+        low = lambda k: lower(config.replace(num_layers=k, scan_layers=False), mesh)[0]  # noqa: E731
+        return [_cost(low(k).compile()) for k in (1, 2)]
+
+    source = "compiler, unrolled 1- and 2-layer steps extrapolated to all layers"
+    try:
+        c1, c2 = costs(None)
+    except Exception as e:  # noqa: BLE001 - RESOURCE_EXHAUSTED from the TPU compiler
+        if "RESOURCE_EXHAUSTED" not in str(e) or args.platform != "tpu":
+            raise
+        chips = int(np.prod(mesh_shape))
+        alt = {8: "v5p:2x2x2", 16: "v5p:2x2x4", 32: "v5p:2x4x4"}.get(chips)
+        if alt is None:
+            print(f"  layer-cost compiles do not fit and no v5p topology of {chips} chips is known: FLOPs "
+                  "below count the loop body once", flush=True)
+            return fallback, "compiler (scanned: loop body counted once)"
+        alt_args = argparse.Namespace(**{**vars(args), "topology": alt})
+        mesh = sharding.make_mesh(mesh_shape, devices=devices_for(alt_args))
+        c1, c2 = costs(mesh)
+        source += f" (compiled on {alt}, same chip count and mesh: they ran out of HBM on {args.topology})"
+    extra = config.num_layers - 1
+    cost = {k: c1[k] + extra * (c2[k] - c1[k]) for k in c1 if k in c2 and k != "optimal_seconds"}
+    if "optimal_seconds" in c1 and "optimal_seconds" in c2 and "v5p" not in source:
+        cost["optimal_seconds"] = c1["optimal_seconds"] + extra * (c2["optimal_seconds"] - c1["optimal_seconds"])
+    return cost, source
 
 
 def _cost(compiled) -> dict:
