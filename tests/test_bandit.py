@@ -417,3 +417,24 @@ def test_study_table_cells_say_at_start_and_handle_unreached_runs():
     assert cell.startswith("360 [") and cell.endswith("(5/6)")
     partly = bandit_study._cell({"at_start": False, "median": 0.0, "ci90": [0.0, 480.0], "reached": 6, "runs": 6})
     assert partly == "at start [at start, 480] (6/6)"
+
+
+@pytest.mark.slow
+def test_bandit_study_quick_run_end_to_end(tmp_path):
+    """benchmarks.bandit_study --quick in a subprocess (it sets XLA flags): results, table and figure written;
+    every method's chosen configuration comes from the grid and its reach cells cover every eps."""
+    import json
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "benchmarks.bandit_study", "--quick", f"--out_dir={tmp_path}"], check=True,
+                   capture_output=True, timeout=900)
+    res = json.loads((tmp_path / "study_results.json").read_text())
+    s = res["settings"]["nontransitive/realizable"]
+    assert set(s["methods"]) == {"wind_sq_offset", "sppo_beta"}
+    for r in s["methods"].values():
+        assert [r["chosen"]["learning_rate"], r["chosen"]["num_inner"]] in res["grid"]
+        assert set(r["reach"]) == {str(e) for e in res["eps"]}
+        assert r["queries"][0] == 0 and len(r["queries"]) == res["config"]["num_outer"] + 1
+    assert "| wind_sq_offset |" in (tmp_path / "study_tables.md").read_text()
+    assert (tmp_path / "study_nontransitive_realizable.png").exists()
