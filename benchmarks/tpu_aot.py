@@ -205,9 +205,9 @@ def main(argv=None):
     lowered, size = lower(config)  # size: KV-cache bytes (decode) or tokens per step (training)
     cache_bytes = tokens = size
     lower_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
+    compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
 
     mem = compiled.memory_analysis()
     arg_gib = mem.argument_size_in_bytes / GIB
@@ -234,6 +234,7 @@ def main(argv=None):
            "remat": config.remat, "attention": config.attention, "param_dtype": config.param_dtype,
            "argument_gib": arg_gib, "temp_gib": temp_gib, "per_chip_gib": total_gib,
            "hbm_gib": None if chip is None else chip.hbm_gib, "lower_s": lower_s, "compile_s": compile_s,
+           "compile_cpu_s": compile_cpu_s, "host_load_1min": os.getloadavg()[0],
            "flops_per_chip": flops, "bytes_per_chip": bytes_accessed, "cost_source": cost_source,
            "estimated_step_s": None if est_s is None else float(est_s), "estimate_source": est_source,
            "jax": jax.__version__}
@@ -306,7 +307,8 @@ def report(o):
           f"({o['chips']} chips, mesh {o['mesh']}, remat {o['remat']}, attention {o['attention']})")
     print(f"  per chip: arguments {o['argument_gib']:.2f} GiB, temporaries {o['temp_gib']:.2f} GiB, "
           f"total {o['per_chip_gib']:.2f} GiB{hbm}")
-    print(f"  compile {o['compile_s']:.1f} s on this host (lowering {o['lower_s']:.1f} s)")
+    print(f"  compile {o['compile_s']:.1f} s on this host ({o['compile_cpu_s']:.1f} CPU-s, load "
+          f"{o['host_load_1min']:.1f}; lowering {o['lower_s']:.1f} s)")
     print(f"  compiler FLOPs per chip {o['flops_per_chip']:.3e}, bytes {o['bytes_per_chip']:.3e} "
           f"({o['cost_source']})")
     if o["estimated_step_s"] is not None:
