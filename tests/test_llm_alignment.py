@@ -7,6 +7,7 @@ import pytest
 
 from experiments import llm_alignment
 from experiments.configs.llm_alignment import get_config
+from wind_jax.train import tasks
 from wind_jax.train.loop import METHODS
 
 
@@ -25,15 +26,15 @@ def test_loop_config_parsing_and_errors():
     c = get_config()
     c.loop.loss_hparams = "mix=0.25, gamma=0.5"
     c.method = "jbond"
-    lc = llm_alignment.loop_config(c)
+    lc = tasks.loop_config(c)
     assert lc.loss_hparams == (("mix", 0.25), ("gamma", 0.5)) and lc.beta_final is None
     c.loop.loss_hparams = "mix"
     with pytest.raises(ValueError, match="loss_hparams"):
-        llm_alignment.loop_config(c)
+        tasks.loop_config(c)
     c.loop.loss_hparams = ""
     c.method = "nope"
     with pytest.raises(ValueError, match="method"):
-        llm_alignment.loop_config(c)
+        tasks.loop_config(c)
     with pytest.raises(ValueError, match="task"):
         get_config("other")
 
@@ -45,6 +46,7 @@ def _expected_counts(method, P):
     return {  # method: (samples, queries)
         "wind_sq": (2 * P, P), "wind_sq_offset": (2 * P, P), "wind_kl": (2 * P, P), "wind_nce": (2 * P, P),
         "sppo": (5 * P, pairs(5) * P),           # K = 5 samples, all pairs
+        "sppo_beta": (5 * P, pairs(5) * P),
         "jbond": (3 * P, 3 * P),                 # 1 policy + 2 anchor samples; y-a1, y-a2, a1-a2
         "bonbon": (8 * P, pairs(8) * P),         # n = 8 samples of pi_ref
         "dpo": (2 * P, P),                       # n = 2 samples of pi_t

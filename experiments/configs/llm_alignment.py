@@ -26,10 +26,12 @@ import ml_collections
 def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = task
-    c.method = "wind_sq"   # wind_sq | wind_sq_offset | wind_kl | wind_nce | sppo | jbond | bonbon | dpo | bon_distill
+    # wind_sq | wind_sq_offset | wind_kl | wind_nce | sppo | sppo_beta | jbond | bonbon | dpo | bon_distill
+    c.method = "wind_sq"
     c.seed = 0
-    c.out_dir = "outputs/llm_alignment"
-    c.oracle = "head"      # training oracle: head (learned from gold comparisons) | gold | judge
+    c.out_dir = ""         # "" = outputs/llm_alignment/<method>
+    c.mesh = "-1,1,1"      # ("data", "fsdp", "tensor") sizes; -1 = all remaining devices
+    c.oracle = "head"      # training oracle: synthetic: head | gold; real: judge | reward_model
     c.export_dir = ""      # write the final policy as a Hugging Face directory when set
     c.plot = True
     c.tensorboard = True
@@ -57,7 +59,10 @@ def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
         model_path="",       # a .gguf file or a Hugging Face Llama directory; "" = SmolLM2-135M-Instruct GGUF
         judge_path="",       # "" = the policy's own checkpoint as the judge
         prompts_jsonl="",    # {"prompt": ...} / chat lines; "" = a ShareGPT extract written to out_dir
-        num_prompts=16, max_prompt_tokens=64, chat_template=True))
+        num_prompts=16, max_prompt_tokens=64, chat_template=True,
+        skip_invalid=False,      # skip malformed JSONL lines (printing "N of M skipped: reasons") instead of failing
+        reward_model_path="",    # a Hugging Face LlamaForSequenceClassification directory (oracle=reward_model)
+        judge_max_tokens=0))     # judge inputs longer than this are refused; 0 = the judge's context length
     if task == "real":
         c.oracle = "judge"
         c.loop.update(dict(num_iterations=1, prompts_per_iteration=4, steps_per_iteration=1, batch_size=8,

