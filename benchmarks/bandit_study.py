@@ -21,6 +21,9 @@ Protocol (numbers are flags):
   * floor: min_theta KL(pi*_beta || pi_theta) (0 for the realizable class; fitted for the misspecified one).
   * references: exact WIND (tabular, no sampling, same eta and beta): iterations to reach eps; and the gap
     below the exact frontier (wind_jax.games.frontier_win_rate_at_kl) of the final policies and of pi*_beta.
+  * wind_nce batch dependence (--part=nce_batch): wind_nce with and without its bounded (pseudo-count)
+    target at 160 / 640 / 2,560 prompts per iteration (320 / 1,280 / 5,120 loss rows), lr 0.05, 40 inner
+    steps, on the 5 evaluation games x 5 seeds of non-transitive / realizable: final KL* and starved mass.
 One compiled program per method (lax.scan over iterations, vmap over seeds; learning rate and inner steps
 are arguments, games and feature tables too), cheap XLA:CPU codegen.
 """
@@ -103,7 +106,8 @@ class Game:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out_dir", default="outputs/bandit_study")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 setting, 2 methods, 2 configs, 2 games")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 setting, 2 methods, 2 configs, 2 games; the grid part only unless --part")
     p.add_argument("--settings", default=",".join(SETTINGS))
     p.add_argument("--methods", default="", help="comma-separated subset (default: all)")
     p.add_argument("--learning_rates", default="0.005,0.01,0.02,0.05,0.15")
@@ -121,12 +125,15 @@ def main(argv=None):
     p.add_argument("--X", type=int, default=8)
     p.add_argument("--Y", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--part", choices=["all", "grid", "nce_batch"], default="all")
+    p.add_argument("--nce_prompts", default="160,640,2560", help="prompts per iteration of the nce_batch part")
     cfg = p.parse_args(argv)
     use_cheap_codegen()
     if cfg.quick:
         cfg.settings, cfg.methods = "nontransitive/realizable", cfg.methods or "wind_sq_offset,sppo_beta"
         cfg.learning_rates, cfg.inner_steps, cfg.num_games, cfg.num_heldout = "0.05", "10,40", 2, 1
         cfg.num_seeds, cfg.num_outer = 3, 10
+        cfg.part = "grid" if cfg.part == "all" else cfg.part
     settings = cfg.settings.split(",")
     bad = [s for s in settings if s not in SETTINGS]
     if bad:
@@ -143,6 +150,10 @@ def main(argv=None):
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)  # noqa: E731
 
     floor_fn = jax.jit(algorithms.best_in_class_kl, static_argnames=("num_steps",))
+    if cfg.part in ("all", "nce_batch"):
+        nce_batch_dependence(cfg, all_methods, floor_fn, log)
+    if cfg.part == "nce_batch":
+        return
     games_of = {}
     for s in settings:
         games_of[s] = {"heldout": [Game(s, 1000 + i, cfg, floor_fn) for i in range(cfg.num_heldout)],
@@ -219,6 +230,35 @@ def main(argv=None):
     print(table)
     plot(results, cfg.out_dir)
     log(f"done; outputs in {cfg.out_dir}")
+
+
+def nce_batch_dependence(cfg, all_methods, floor_fn, log):
+    """wind_nce (plain and pseudo-count) at several prompts per iteration: writes nce_batch.{json,md}."""
+    setting = "nontransitive/realizable"
+    evals = [Game(setting, i, cfg, floor_fn) for i in range(cfg.num_games)]
+    cheap = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    rows, md = [], ["| variant | prompts / iter (loss rows) | final KL(pi*_beta \|\| pi) | starved mass | KL to ref |",
+                    "|---|---|---|---|---|"]
+    for mname in ("wind_nce", "wind_nce:learned+pseudo_count=0.5"):
+        m = all_methods[mname]
+        for b in (int(v) for v in cfg.nce_prompts.split(",")):
+            run = jax.jit(algorithms.make_run(m, b, optax.adam, 40, cfg.num_outer), compiler_options=cheap)
+            mp = algorithms.method_params(m, learning_rate=0.05, num_inner=40)
+            outs = [jax.device_get(run(g.policy, mp, g.states, g.P, g.theta_ref, g.pi_star, jnp.asarray(True),
+                                       jnp.asarray(cfg.num_outer, jnp.int32))) for g in evals]
+            fin = {k: np.stack([np.asarray(o.metrics[k])[:, -1] for o in outs]) for k in
+                   ("kl_to_equilibrium", "starved_mass", "kl_to_ref")}
+            se = fin["kl_to_equilibrium"].std() / np.sqrt(fin["kl_to_equilibrium"].size)
+            rows.append({"method": mname, "prompts": b, "rows": 2 * b,
+                         **{k: float(v.mean()) for k, v in fin.items()}, "kl_to_equilibrium_se": float(se)})
+            md.append(f"| {mname} | {b} ({2 * b}) | {fin['kl_to_equilibrium'].mean():.3f} ± {se:.3f} | "
+                      f"{fin['starved_mass'].mean():.3f} | {fin['kl_to_ref'].mean():.2f} |")
+            log(f"nce batch {mname} {b}: KL* {fin['kl_to_equilibrium'].mean():.3f}")
+    with open(os.path.join(cfg.out_dir, "nce_batch.json"), "w") as f:
+        json.dump({"setting": setting, "learning_rate": 0.05, "num_inner": 40, "rows": rows}, f)
+    with open(os.path.join(cfg.out_dir, "nce_batch.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
 
 
 def _q(v: float) -> str:
