@@ -23,7 +23,8 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 
-METHODS = ("wind_sq", "wind_sq_offset", "wind_kl", "wind_nce", "sppo", "jbond", "bonbon", "dpo", "bon_distill")
+METHODS = ("wind_sq", "wind_sq_offset", "wind_kl", "wind_nce", "sppo", "sppo_beta", "jbond", "bonbon", "dpo",
+           "bon_distill")
 PHASES = ("sampling", "judging", "logprobs", "training", "eval", "other")
 
 
@@ -61,23 +62,22 @@ def get_size(name: str) -> Size:
 
 
 def per_prompt_cost(method: str, num_samples: int = 0) -> tuple[int, int]:
-    """(samples, preference queries) one prompt costs `method` per outer iteration (module docstring)."""
+    """(samples, preference queries) one prompt costs `method` per outer iteration, read from its record in
+    wind_jax.train.methods (num_samples = n / K; 0 = the method's default)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method.startswith("wind"):
-        return 2, 1
-    if method == "jbond":
-        return 3, 3
-    n = num_samples or {"sppo": 5, "bonbon": 8, "dpo": 2, "bon_distill": 4}[method]
-    return n, n * (n - 1) // 2
+    from wind_jax.train.methods import get_method
+    rec = get_method(method)
+    n = rec.n(num_samples)
+    return rec.total_samples(n), rec.queries(n)
 
 
-def prompts_for_budget(method: str, budget: str, base_prompts: int) -> int:
+def prompts_for_budget(method: str, budget: str, base_prompts: int, num_samples: int = 0) -> int:
     """Prompts per iteration giving `method` the budget of WIND at `base_prompts` prompts:
     budget="queries" (base_prompts queries), "samples" (2 * base_prompts samples) or "prompts" (equal prompts)."""
     if base_prompts < 1:
         raise ValueError(f"base_prompts must be >= 1, got {base_prompts}")
-    samples, queries = per_prompt_cost(method)
+    samples, queries = per_prompt_cost(method, num_samples)
     if budget == "prompts":
         return base_prompts
     if budget == "queries":
@@ -89,9 +89,11 @@ def prompts_for_budget(method: str, budget: str, base_prompts: int) -> int:
 
 # ------------------------------------------------------------------------------------------ running
 def make_config(method: str, seed: int, size: Size, prompts: int, out_dir: str,
-                loop_overrides: Mapping[str, float] | None = None):
+                loop_overrides: Mapping[str, float] | None = None,
+                language_overrides: Mapping[str, float] | None = None):
     """The experiment's config (experiments/configs/llm_alignment.py) at this size; plots/TensorBoard off;
-    `loop_overrides` replaces fields of config.loop (e.g. beta and eta of a KL sweep)."""
+    `loop_overrides` replaces fields of config.loop (e.g. beta and eta of a KL sweep), `language_overrides`
+    fields of config.language (a task variant, e.g. a larger nontransitive_strength)."""
     from experiments.configs.llm_alignment import get_config
     c = get_config()
     c.method, c.seed, c.out_dir = method, int(seed), out_dir
@@ -106,6 +108,10 @@ def make_config(method: str, seed: int, size: Size, prompts: int, out_dir: str,
         if k not in c.loop:
             raise ValueError(f"loop_overrides: config.loop has no field {k!r}")
         setattr(c.loop, k, v)
+    for k, v in (language_overrides or {}).items():
+        if k not in c.language:
+            raise ValueError(f"language_overrides: config.language has no field {k!r}")
+        setattr(c.language, k, v)
     return c
 
 
@@ -114,21 +120,33 @@ def _quiet():
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
 
 
-def prepare_setup(root: str, seed: int, size: Size) -> str:
+def prepare_setup(root: str, seed: int, size: Size, language_overrides: Mapping[str, float] | None = None
+                  ) -> str:
     """Pre-train the reference policy and the preference head of `seed` once (cached); returns its dir."""
-    from experiments import llm_alignment
+    from wind_jax.train.tasks import synthetic_setup
     _quiet()
     setup_root = os.path.join(root, "setups", f"seed{seed}")
-    c = make_config("wind_sq", seed, size, size.base_prompts, setup_root)
-    llm_alignment.synthetic_setup(c, setup_root)
+    c = make_config("wind_sq", seed, size, size.base_prompts, setup_root, language_overrides=language_overrides)
+    synthetic_setup(c, setup_root)
     return os.path.join(setup_root, "setup")
 
 
+def load_setup(root: str, seed: int, size: Size, language_overrides: Mapping[str, float] | None = None):
+    """(config, lang, pi_ref, head, info) of the cached set-up of `seed` (prepare_setup first)."""
+    from wind_jax.train.tasks import synthetic_setup
+    _quiet()
+    setup_root = os.path.join(root, "setups", f"seed{seed}")
+    c = make_config("wind_sq", seed, size, size.base_prompts, setup_root, language_overrides=language_overrides)
+    return (c, *synthetic_setup(c, setup_root))
+
+
 def run_one(run_dir: str, method: str, seed: int, size: Size, prompts: int, setup_dir: str,
-            fresh: bool = False, loop_overrides: Mapping[str, float] | None = None) -> list[dict]:
+            fresh: bool = False, loop_overrides: Mapping[str, float] | None = None,
+            language_overrides: Mapping[str, float] | None = None, keep_policy: bool = False):
     """One experiments.llm_alignment.run in this process (compiled programs are shared with earlier runs of
     equal shapes); the set-up of `seed` is copied in, so it is not trained again. Returns the iteration records.
-    A finished run found in run_dir is resumed (returns at once) unless fresh=True."""
+    A finished run found in run_dir is resumed (returns at once) unless fresh=True. keep_policy=True returns
+    (records, final policy) instead."""
     from experiments import llm_alignment
     _quiet()
     if fresh and os.path.exists(run_dir):
@@ -136,9 +154,10 @@ def run_one(run_dir: str, method: str, seed: int, size: Size, prompts: int, setu
     os.makedirs(run_dir, exist_ok=True)
     if not os.path.exists(os.path.join(run_dir, "setup")):
         shutil.copytree(setup_dir, os.path.join(run_dir, "setup"))
-    c = make_config(method, seed, size, prompts, run_dir, loop_overrides)
-    result = llm_alignment.run(c, progress=False)
-    return [r for r in result.history if r.get("kind") == "iteration"]
+    c = make_config(method, seed, size, prompts, run_dir, loop_overrides, language_overrides)
+    result = llm_alignment.run(c, progress=False, verbose=False)
+    records = [r for r in result.history if r.get("kind") == "iteration"]
+    return (records, result.policy) if keep_policy else records
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -76,3 +76,85 @@ def test_tiny_table_counts_what_it_plans(tmp_path):
     assert os.path.exists(tmp_path / "tiny" / "table.png") and os.path.exists(tmp_path / "tiny" / "frontier.png")
     with pytest.raises(ValueError, match="eta \\* beta"):
         llm_table.run_table(str(tmp_path), "tiny", seeds=(0,), methods=(), budgets=(), wind_sweep=((0.5, 3.0),))
+
+
+# ------------------------------------------------------------------ benchmarks.llm_frontier (issue 13)
+def _line_frontier():
+    # a frontier dict of the shape self_frontier returns: win = 0.5 + 0.1 * KL on [0, 3], SE 0.005
+    kl = [0.0, 1.0, 2.0, 3.0]
+    f = {"kl": kl, "win_rate": [0.5 + 0.1 * k for k in kl], "win_rate_se": [0.005] * 4}
+    return {"upper": f, "lower": {**f, "win_rate": [w - 0.01 for w in f["win_rate"]]}}
+
+
+def _records(traj, se=0.01):
+    return [{"iteration": i, "counts/queries": q, "counts/samples": 2 * q, "eval/kl_to_ref": k,
+             "eval/win_rate_vs_ref": w, "eval/win_rate_vs_ref_stderr": se, "eval/kl_to_ref_stderr": 0.01,
+             "time/iteration": 1.0} for i, q, k, w in traj]
+
+
+def test_frontier_gaps_interpolate_and_flag_points_above():
+    from benchmarks import llm_frontier as LF
+    fr = _line_frontier()
+    below = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 1.0, 0.55)]), fr)
+    assert below["gap_upper"] == pytest.approx(0.05) and below["gap_lower"] == pytest.approx(0.04)
+    assert not below["above_frontier"] and below["queries"] == 64 and below["seconds"] == 2.0
+    above = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 1.0, 0.7)]), fr)
+    assert above["above_frontier"]  # 0.1 over the frontier, margin about 2 * sqrt(0.01^2 + 0.005^2 + 0.001^2)
+    close = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 1.0, 0.61)]), fr)
+    assert not close["above_frontier"]  # within the combined error
+    # a curve of two points at KL 0.5 and 1.5 (win 0.52, 0.62) reaches the targets 1.0 only
+    pts = [LF.point(_records([(1, 64, 0.5, 0.52)]), fr), LF.point(_records([(1, 64, 1.5, 0.62)]), fr)]
+    gaps = LF.curve_gaps(pts, fr, targets=(0.25, 1.0, 2.0))
+    assert list(gaps) == ["1.0"]
+    assert gaps["1.0"]["win_rate"] == pytest.approx(0.57) and gaps["1.0"]["gap_upper"] == pytest.approx(0.03)
+
+
+def test_queries_to_reach_and_lr_choice():
+    from benchmarks import llm_frontier as LF
+    fr = _line_frontier()
+    slow = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 0.3, 0.52), (2, 128, 0.8, 0.57)]), fr)
+    greedy = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 1.5, 0.58), (2, 128, 2.5, 0.62)]), fr)
+    assert LF.queries_to_reach([slow, greedy], 0.56, kl_budget=1.0) == 128   # greedy is over the KL budget
+    assert LF.queries_to_reach([slow, greedy], 0.56, kl_budget=2.0) == 64
+    assert LF.queries_to_reach([slow], 0.7, kl_budget=3.0) == float("inf")
+    still = LF.point(_records([(1, 64, 0.01, 0.5)]), fr)   # gap 0.001 but it does not move
+    assert LF.choose_lr({1e-3: still, 3e-3: slow, 1e-2: greedy}) == 3e-3   # gaps 0.001 (KL < 0.1) / 0.010 / 0.130
+    assert LF.choose_lr({1e-3: still}) == 1e-3
+
+
+def test_gold_matrix_matches_pairwise_gold_calls():
+    import jax
+    import numpy as np
+
+    from benchmarks import llm_frontier as LF
+    from wind_jax.train.synthetic import SyntheticLanguage
+    lang = SyntheticLanguage()
+    x = np.asarray(lang.sample_prompts(jax.random.key(0), 3))
+    draws = [lang.sample_reference_responses(jax.random.key(k), np.repeat(x, n, 0)) for k, n in ((1, 4), (2, 5))]
+    (a, ma), (b, mb) = [(np.asarray(t).reshape(3, n, -1), np.asarray(m).reshape(3, n, -1))
+                        for (t, m), n in zip(draws, (4, 5))]
+    P = LF.gold_matrix(lang, x, a, ma, b, mb, chunk_pairs=40)  # 2 prompts per chunk: the last one padded
+    assert P.shape == (3, 4, 5)
+    for i in range(3):
+        for j in range(4):
+            ref = np.asarray(lang.gold_preference(np.repeat(x[i:i + 1], 5, 0), np.repeat(a[i, j:j + 1], 5, 0),
+                                                  np.repeat(ma[i, j:j + 1], 5, 0), b[i], mb[i]))
+            np.testing.assert_allclose(P[i, j], ref, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_quick_comparison_runs_end_to_end(tmp_path):
+    import dataclasses
+
+    from benchmarks import llm_frontier as LF
+    plan = dataclasses.replace(LF.Plan(), size="quick", seeds=(0,), heldout_seed=1, methods=("wind_sq", "dpo"),
+                               lrs=(1e-3, 3e-3), ref_samples=16, ref_opponents=8, exploit_samples=8,
+                               nontransitive_seeds=(0,), tournament_samples=2)
+    res = LF.run_comparison(str(tmp_path), plan, log=lambda *_: None)
+    fr = res["frontiers"]["0"]
+    assert fr["upper"]["kl"][0] == 0.0 and abs(fr["upper"]["win_rate"][0] - 0.5) < 4 * fr["upper"]["win_rate_se"][0]
+    assert set(res["sweep"]) == {"wind_sq", "dpo"} and len(res["sweep"]["dpo"]) == len(LF.SWEEPS["dpo"])
+    T = res["nontransitive"]["seeds"]["0"]["tournament"]
+    assert T["names"] == ["pi_ref", "wind_sq", "dpo"]
+    for f in ("comparison.json", "comparison.md", "curves.png", "nontransitive.png"):
+        assert os.path.exists(tmp_path / "quick" / f)

@@ -1,0 +1,660 @@
+"""Every LLM-alignment method on its own win-rate / KL curve, judged by its gap below the Monte Carlo optimal
+frontier of the synthetic task's pi_ref (issue 13; MATH.md "The optimal win-rate / KL frontier").
+
+Stages (all in one process: equal shapes share compiled programs, and beta / eta / lr are traced):
+  1. frontier: per set-up seed, M samples of pi_ref on the evaluation prompts of the loop (the same prompts the
+     loop's eval uses), w_ref of each from EXACT gold probabilities against K fresh pi_ref samples, the tilt
+     family by self-normalized reweighting (wind_jax.frontier.mc_frontier) as a bracket: "upper" tilts and
+     evaluates on the same w estimate (biased up by its noise), "lower" tilts on half the opponents and
+     evaluates on the other half (a real policy, biased down); best-of-n points under w_ref.
+  2. learning rate: per method, the same budget (each lr of --lrs at the middle point of its sweep) on a
+     held-out set-up seed; the lr whose final point lies closest below that seed's frontier (among points with
+     KL >= 0.1; a run that does not move is not a result) is kept.
+  3. sweep: each method over its own regularizer (SWEEPS), every seed, at an equal preference-QUERY budget
+     per outer iteration (benchmarks/llm_results.py); samples and wall seconds are reported next to it.
+  4. non-transitive variant: gold preference dominated by the cyclic term (NONTRANSITIVE); one point per
+     method (the sweep's middle, chosen lr); exploitability proxy = gold win rate against pi_T of the tilt of
+     pi_T by its own gold win rates at KL budget --exploit_kl (lower is better); a round-robin tournament of
+     the final policies under gold; agreement of the learned preference head with gold.
+
+A point above the frontier's upper curve by more than twice the combined standard error is flagged
+("above_frontier") and printed: it is a bug to report, not a win.
+
+    python -m benchmarks.llm_frontier --out_dir outputs/llm_frontier              # ~30 min on 2 quiet cores
+    python -m benchmarks.llm_frontier --quick --out_dir /tmp/llm_frontier_quick   # smoke (not a result)
+
+Writes <out_dir>/<size>/comparison.json, comparison.md, curves.png, nontransitive.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import time
+
+import numpy as np
+
+from benchmarks import llm_results as R
+
+KL_TARGETS = (0.25, 0.5, 1.0, 2.0)
+LAMBDAS = np.concatenate([[0.0], np.geomspace(0.05, 2000.0, 120)])
+
+# method -> list of (label, loop overrides); loss_hparams is config.loop's "name=value" string.
+_WIND_GRID = [("b=0.1 e=3", {"beta": 0.1, "eta": 3.0}), ("b=0.03 e=10", {"beta": 0.03, "eta": 10.0}),
+              ("b=0.01 e=30", {"beta": 0.01, "eta": 30.0})]
+SWEEPS = {
+    "wind_sq": _WIND_GRID,
+    "wind_sq_offset": _WIND_GRID,
+    "sppo": [(f"e={e:g}", {"eta": e}) for e in (3.0, 10.0, 30.0)],
+    "sppo_beta": _WIND_GRID,
+    "dpo": [(f"b={b:g}", {"beta": b}) for b in (10.0, 2.0, 0.5)],
+    "jbond": [(f"ema={a:g}", {"anchor_ema": a}) for a in (0.003, 0.02, 0.1)],
+    "bon_distill": [(f"alpha={a:g}", {"loss_hparams": f"alpha={a:g}"}) for a in (0.9, 0.5, 0.0)],
+    "bonbon": [(f"n={n}", {"num_samples": n}) for n in (2, 4, 8)],
+}
+
+
+def middle(m: str):
+    """(label, overrides) of the sweep's middle point (lr search, non-transitive variant)."""
+    return SWEEPS[m][len(SWEEPS[m]) // 2]
+
+
+# gold preference dominated by the cyclic (rock-paper-scissors over token classes) term
+NONTRANSITIVE = {"nontransitive_strength": 6.0, "reward_scale": 0.1, "match_bonus": 0.1}
+
+SIZES = {
+    # the comparison (reduced from experiments/configs/llm_alignment.py: 200 pre-training / head steps instead
+    # of 300, 4 outer iterations instead of 6, a 64-query budget per iteration, 8 steps of 64 rows)
+    "compare": R.Size(pretrain_steps=200, head_steps=200, num_iterations=4, base_prompts=64, steps_per_iteration=8,
+                      batch_size=64, eval_prompts=256),
+    # --quick: smoke test of the whole pipeline (not a result)
+    "quick": R.Size(pretrain_steps=30, head_steps=30, num_iterations=2, base_prompts=16, steps_per_iteration=2,
+                    batch_size=32, eval_prompts=16),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    size: str = "compare"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    heldout_seed: int = 100
+    methods: tuple[str, ...] = tuple(SWEEPS)
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
+    ref_samples: int = 256        # M pi_ref samples per eval prompt (frontier)
+    ref_opponents: int = 64       # K fresh pi_ref opponents per prompt (w_ref estimate)
+    exploit_samples: int = 64     # samples / opponents of pi_T for the exploitability proxy
+    exploit_kl: float = 0.5
+    nontransitive_seeds: tuple[int, ...] = (0,)
+    tournament_samples: int = 4   # samples per eval prompt and policy in the round robin
+    win_targets: tuple[float, ...] = (0.55, 0.6)
+    kl_budget: float = 1.0
+    stage: str = "all"            # "setup": set-ups and frontiers only; "runs": also the runs; "all": everything
+
+
+# ------------------------------------------------------------------------------------ sampling, gold
+def eval_prompts(lang, seed: int, count: int) -> np.ndarray:
+    """The loop's evaluation prompts of `seed` (wind_jax.train.tasks.build_loop: seed + 10_000)."""
+    from wind_jax.train.loop import FunctionPrompts
+    return np.asarray(FunctionPrompts(lang.sample_prompts, seed=seed + 10_000).get(0, count).tokens)
+
+
+def draw(policy, lang, prompts: np.ndarray, n: int, key, chunk_rows: int = 8192):
+    """n responses per prompt from `policy` at temperature 1: (tokens, mask) [X, n, W] (prompt chunks)."""
+    import jax
+
+    from wind_jax.sampling import sample
+    from wind_jax.train.synthetic import EOS, PAD
+    c = max(1, chunk_rows // n)
+    toks, masks = [], []
+    for i in range(0, prompts.shape[0], c):
+        p = prompts[i:i + c]
+        out = sample(policy, p, np.ones_like(p, bool), jax.random.fold_in(key, i), num_samples=n,
+                     max_new_tokens=lang.response_width, eos_token_id=EOS, pad_token_id=PAD)
+        tp = p.shape[1]
+        toks.append(np.asarray(out.tokens[:, :, tp:]))
+        masks.append(np.asarray(out.response_mask[:, :, tp:]))
+    return np.concatenate(toks), np.concatenate(masks)
+
+
+@functools.cache
+def _pairwise():
+    """Jitted (lang, prompts [c, P], a [c, M, W], ma, b [c, K, W], mb) -> P_gold(a_i beats b_k) [c, M, K]."""
+    import jax
+    import jax.numpy as jnp
+
+    def f(lang, p, a, ma, b, mb):
+        c, m, w = a.shape
+        k = b.shape[1]
+        rep = lambda x, ax, r: jnp.repeat(jnp.expand_dims(x, ax), r, axis=ax)  # noqa: E731
+        A, MA = rep(a, 2, k).reshape(-1, w), rep(ma, 2, k).reshape(-1, w)
+        B, MB = rep(b, 1, m).reshape(-1, w), rep(mb, 1, m).reshape(-1, w)
+        return lang.gold_preference(jnp.repeat(p, m * k, axis=0), A, MA, B, MB).reshape(c, m, k)
+    return jax.jit(f, static_argnums=0)
+
+
+def gold_matrix(lang, prompts, a, ma, b, mb, chunk_pairs: int = 1 << 18) -> np.ndarray:
+    """P_gold(a_i beats b_k | x) [X, M, K] (exact gold probabilities, chunked over prompts)."""
+    X, M = a.shape[:2]
+    K = b.shape[1]
+    c = max(1, chunk_pairs // (M * K))
+    out = []
+    for i in range(0, X, c):
+        j = min(X, i + c)
+        pad = c - (j - i)  # equal chunk shapes: one compiled program
+        sl = lambda x: np.concatenate([x[i:j], np.repeat(x[j - 1:j], pad, 0)]) if pad else x[i:j]  # noqa: E731
+        out.append(np.asarray(_pairwise()(lang, sl(prompts), sl(a), sl(ma), sl(b), sl(mb)))[: j - i])
+    return np.concatenate(out)
+
+
+def self_frontier(policy, lang, prompts, key, M: int, K: int, lambdas=LAMBDAS, ns=(2, 4, 8, 16)) -> dict:
+    """Frontier of `policy` against itself (for pi_ref: the optimal win-rate / KL frontier; for pi_T: the
+    best responses behind the exploitability proxy): upper / lower Monte Carlo curves, best-of-n points.
+    w of each of M samples = mean exact gold probability of beating K fresh samples; halves for cross-fitting."""
+    import jax
+
+    from wind_jax import frontier as F
+    ka, kb = jax.random.split(key)
+    a, ma = draw(policy, lang, prompts, M, ka)
+    b, mb = draw(policy, lang, prompts, K, kb)
+    P = gold_matrix(lang, prompts, a, ma, b, mb)
+    w, w_a, w_b = P.mean(-1), P[..., : K // 2].mean(-1), P[..., K // 2:].mean(-1)
+    upper = F.mc_frontier(w, lambdas)
+    lower = F.mc_frontier(w_a, lambdas, eval_win_rates=w_b)
+    half = F.mc_frontier(w[:, : M // 2], lambdas)  # self-normalization bias check (M/2 samples)
+    bon = F.best_of_n_points(w, [n for n in ns if n <= M])
+    asdict = lambda f: {k: np.asarray(v).tolist() for k, v in f._asdict().items()}  # noqa: E731
+    return {"upper": asdict(upper), "lower": asdict(lower), "upper_half_samples": asdict(half),
+            "best_of_n": asdict(bon), "M": M, "K": K, "X": int(prompts.shape[0]),
+            "samples": (a, ma), "opponents": (b, mb), "P": P}
+
+
+def frontier_at(fr: dict, kl, which: str = "upper") -> np.ndarray:
+    """Frontier win rate at KL values (linear interpolation; NaN beyond its range)."""
+    return np.interp(np.asarray(kl, float), fr[which]["kl"], fr[which]["win_rate"], left=np.nan, right=np.nan)
+
+
+def frontier_se_at(fr: dict, kl, which: str = "upper") -> np.ndarray:
+    return np.interp(np.asarray(kl, float), fr[which]["kl"], fr[which]["win_rate_se"])
+
+
+def head_agreement(head, lang, prompts, a, ma, b, mb) -> float:
+    """Fraction of pi_ref pairs (first sample vs first opponent per prompt) where the head's preferred
+    response (both presentation orders averaged) is gold's."""
+    from wind_jax.train.oracle import Tokens
+    from wind_jax.train.tasks import head_prob_fn
+    prob = head_prob_fn(head)
+    pt = Tokens(prompts, np.ones_like(prompts, bool))
+    x, y = Tokens(a[:, 0], ma[:, 0]), Tokens(b[:, 0], mb[:, 0])
+    p_head = 0.5 * (np.asarray(prob(pt, x, y)) + 1.0 - np.asarray(prob(pt, y, x)))
+    p_gold = np.asarray(lang.gold_preference(prompts, a[:, 0], ma[:, 0], b[:, 0], mb[:, 0]))
+    keep = np.abs(p_gold - 0.5) > 1e-6
+    return float(np.mean((p_head[keep] > 0.5) == (p_gold[keep] > 0.5)))
+
+
+def strip(fr: dict) -> dict:
+    return {k: v for k, v in fr.items() if k not in ("samples", "opponents", "P")}
+
+
+# ------------------------------------------------------------------------------------------ curves
+def point(records, fr: dict) -> dict:
+    """Final gold win rate / KL of a run, its gap below the frontier bracket, and the above-frontier flag."""
+    last = records[-1]
+    kl, win = last["eval/kl_to_ref"], last["eval/win_rate_vs_ref"]
+    se_w, se_k = last["eval/win_rate_vs_ref_stderr"], last["eval/kl_to_ref_stderr"]
+    up, lo = float(frontier_at(fr, kl, "upper")), float(frontier_at(fr, kl, "lower"))
+    dk = 0.02
+    slope = float((frontier_at(fr, kl + dk) - frontier_at(fr, max(kl - dk, 0.0))) / (kl + dk - max(kl - dk, 0.0)))
+    slope = slope if math.isfinite(slope) else 0.0
+    margin = 2.0 * math.sqrt(se_w**2 + float(frontier_se_at(fr, kl)) ** 2 + (slope * se_k) ** 2)
+    return {"kl": kl, "win_rate": win, "win_rate_se": se_w, "kl_se": se_k, "gap_upper": up - win,
+            "gap_lower": lo - win, "above_frontier": bool(math.isfinite(up) and win - up > margin),
+            "margin": margin, "queries": last["counts/queries"], "samples": last["counts/samples"],
+            "seconds": sum(r.get("time/iteration", 0.0) for r in records),
+            "trajectory": [(r["iteration"], r["counts/queries"], r["eval/kl_to_ref"], r["eval/win_rate_vs_ref"])
+                           for r in records]}
+
+
+def curve_gaps(points: list[dict], fr: dict, targets=KL_TARGETS) -> dict:
+    """One seed's curve (its sweep points sorted by KL, linearly interpolated) at each KL target it reaches:
+    {target: {"win_rate", "gap_upper", "gap_lower"}} (absent where the curve does not reach the target)."""
+    pts = sorted(points, key=lambda p: p["kl"])
+    ks, ws = np.array([p["kl"] for p in pts]), np.array([p["win_rate"] for p in pts])
+    out = {}
+    for t in targets:
+        if ks.size and ks[0] <= t <= ks[-1]:
+            w = float(np.interp(t, ks, ws))
+            out[str(t)] = {"win_rate": w, "gap_upper": float(frontier_at(fr, t, "upper")) - w,
+                           "gap_lower": float(frontier_at(fr, t, "lower")) - w}
+    return out
+
+
+def queries_to_reach(points: list[dict], win: float, kl_budget: float) -> float:
+    """Fewest preference queries after which some run of the sweep has gold win rate >= win at
+    KL <= kl_budget (its per-iteration trajectory); inf if none does."""
+    best = math.inf
+    for p in points:
+        for _, q, k, w in p["trajectory"]:
+            if w >= win and k <= kl_budget:
+                best = min(best, q)
+                break
+    return best
+
+
+def choose_lr(per_lr: dict[float, dict]) -> float:
+    """The lr whose point lies closest below the frontier (gap_upper), among points with KL >= 0.1;
+    if none moves that far, the lr with the largest KL."""
+    moving = {lr: p for lr, p in per_lr.items() if p["kl"] >= 0.1}
+    if moving:
+        return min(moving, key=lambda lr: moving[lr]["gap_upper"])
+    return max(per_lr, key=lambda lr: per_lr[lr]["kl"])
+
+
+# ------------------------------------------------------------------------------- non-transitivity
+def exploitability(policy, lang, prompts, key, M: int, kl_budget: float) -> dict:
+    """Gold win rate against pi_T of the tilt of pi_T by its own gold win rates at KL = kl_budget (both
+    Monte Carlo curves of self_frontier; lower is better)."""
+    fr = self_frontier(policy, lang, prompts, key, M, M)
+    return {"upper": float(frontier_at(fr, kl_budget, "upper")), "lower": float(frontier_at(fr, kl_budget, "lower")),
+            "se": float(frontier_se_at(fr, kl_budget))}
+
+
+# ------------------------------------------------------------------------------------------ running
+def finished_records(run_dir: str, num_iterations: int) -> list[dict] | None:
+    """The iteration records of a finished run from its metrics.jsonl (None when absent or unfinished)."""
+    import json
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        recs = [r for r in map(json.loads, filter(str.strip, f)) if r.get("kind") == "iteration"]
+    return recs if recs and recs[-1].get("iteration") == num_iterations else None
+
+
+def _run(root, method, seed, size, setup, lr, overrides, lang_over=None, keep_policy=False, sub="runs",
+         label=""):
+    """One run (reused when finished, unless its final policy is needed)."""
+    prompts = R.prompts_for_budget(method, "queries", size.base_prompts, int(overrides.get("num_samples", 0)))
+    name = f"{method}_{label}_lr{lr:g}".replace(" ", "_").replace("=", "")
+    run_dir = os.path.join(root, sub, name, f"seed{seed}")
+    if not keep_policy:
+        done = finished_records(run_dir, size.num_iterations)
+        if done is not None:
+            return done
+    return R.run_one(run_dir, method, seed, size, prompts, setup, loop_overrides={**overrides, "learning_rate": lr},
+                     language_overrides=lang_over, keep_policy=keep_policy)
+
+
+def reference_frontier(root: str, seed: int, size, plan: "Plan", lang_over=None, key_offset: int = 1000):
+    """(frontier without the raw draws, set-up dir) of `seed`, cached in <root>/frontiers/seed<seed>.json."""
+    import json
+
+    import jax
+    setup = R.prepare_setup(root, seed, size, lang_over)
+    path = os.path.join(root, "frontiers", f"seed{seed}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f), setup
+    c, lang, ref, head, info = R.load_setup(root, seed, size, lang_over)
+    prompts = eval_prompts(lang, seed, size.eval_prompts)
+    fr = self_frontier(ref, lang, prompts, jax.random.key(key_offset + seed), plan.ref_samples, plan.ref_opponents)
+    fr["head_accuracy_reference_process"] = info["head_accuracy"]
+    fr["head_agreement_pi_ref"] = head_agreement(head, lang, prompts, *fr["samples"], *fr["opponents"])
+    fr = strip(fr)
+    R.write_json(path, fr)
+    return fr, setup
+
+
+def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
+    """Run (or reuse) every stage of the module docstring; returns the results (also written to disk)."""
+    import jax
+    size = SIZES[plan.size]
+    root = os.path.join(os.path.abspath(out_dir), plan.size)
+    for m in plan.methods:
+        if m not in SWEEPS:
+            raise ValueError(f"methods: {m!r} has no sweep; known: {sorted(SWEEPS)}")
+    start, load_start = time.time(), R.load_note()
+    log(f"[llm_frontier] {plan}; {size}; {load_start}")
+    res = {"plan": dataclasses.asdict(plan), "size_fields": size.__dict__, "started": R.stamp(),
+           "load_at_start": load_start, "sweeps": {m: [lab for lab, _ in SWEEPS[m]] for m in plan.methods},
+           "kl_targets": KL_TARGETS, "nontransitive_language": NONTRANSITIVE}
+
+    # 1. set-ups and frontiers
+    frontiers, setups = {}, {}
+    for s in (plan.heldout_seed, *plan.seeds):
+        t = time.time()
+        frontiers[s], setups[s] = reference_frontier(root, s, size, plan)
+        fr = frontiers[s]
+        log(f"[llm_frontier] seed {s}: set-up + frontier {time.time() - t:.0f} s; frontier win at KL 0.5/1/2 "
+            f"{frontier_at(fr, [0.5, 1.0, 2.0]).round(3).tolist()}; head agrees with gold on "
+            f"{fr['head_agreement_pi_ref']:.3f} of pi_ref pairs")
+    if plan.nontransitive_seeds:
+        nontransitive_setups(root, plan, size, log)
+    if plan.stage == "setup":
+        return {"frontiers": frontiers}
+    res["frontiers"] = {str(s): f for s, f in frontiers.items()}
+
+    # 2. learning rate per method on the held-out seed, same budget each
+    chosen, lr_search = {}, {}
+    for m in plan.methods:
+        label, over = middle(m)
+        per_lr = {}
+        for lr in plan.lrs:
+            recs = _run(root, m, plan.heldout_seed, size, setups[plan.heldout_seed], lr, over, label=label)
+            per_lr[lr] = point(recs, frontiers[plan.heldout_seed])
+        chosen[m] = choose_lr(per_lr)
+        lr_search[m] = {"at": label, "points": {str(lr): {k: v for k, v in p.items() if k != "trajectory"}
+                                                for lr, p in per_lr.items()}, "chosen": chosen[m]}
+        log(f"[llm_frontier] lr {m} at {label}: " + ", ".join(
+            f"{lr:g}: kl {p['kl']:.2f} win {p['win_rate']:.3f} gap {p['gap_upper']:+.3f}" for lr, p in per_lr.items())
+            + f" -> {chosen[m]:g}")
+    res["lr_search"] = lr_search
+
+    # 3. the sweeps, every seed
+    sweep = {}
+    for m in plan.methods:
+        sweep[m] = {}
+        for label, over in SWEEPS[m]:
+            pts = {}
+            for s in plan.seeds:
+                t = time.time()
+                pts[str(s)] = point(_run(root, m, s, size, setups[s], chosen[m], over, label=label), frontiers[s])
+                p = pts[str(s)]
+                flag = "  ABOVE THE FRONTIER" if p["above_frontier"] else ""
+                log(f"[llm_frontier] {m:15s} {label:14s} seed {s}: kl {p['kl']:.3f} win {p['win_rate']:.3f} "
+                    f"gap {p['gap_upper']:+.3f} / {p['gap_lower']:+.3f} ({time.time() - t:.0f} s){flag}")
+            sweep[m][label] = pts
+    res["sweep"] = sweep
+    res["chosen_lr"] = chosen
+
+    # 4. non-transitive variant
+    if plan.nontransitive_seeds:
+        res["nontransitive"] = run_nontransitive(root, plan, size, chosen, log)
+    if plan.stage == "runs":
+        return res
+    res["summary"] = summarize(res, plan)
+    res["wall_seconds"] = time.time() - start
+    res["load_at_end"] = R.load_note()
+    R.write_json(os.path.join(root, "comparison.json"), res)
+    md = format_results(res)
+    with open(os.path.join(root, "comparison.md"), "w") as f:
+        f.write(md)
+    plot_curves(res, os.path.join(root, "curves.png"))
+    if "nontransitive" in res:
+        plot_nontransitive(res, os.path.join(root, "nontransitive.png"))
+    log(md)
+    return res
+
+
+def summarize(res: dict, plan: Plan) -> dict:
+    """Per method: gaps at each KL target (mean, sd over the seeds whose curve reaches it), above-frontier
+    flags, queries to reach each win target at the KL budget, samples and seconds per run."""
+    out = {}
+    for m, by_label in res["sweep"].items():
+        gaps, reach = {}, {}
+        flags = [(lab, s, p["kl"], p["win_rate"], p["margin"]) for lab, pts in by_label.items()
+                 for s, p in pts.items() if p["above_frontier"]]
+        for s in map(str, plan.seeds):
+            pts = [by_label[lab][s] for lab in by_label]
+            for t, g in curve_gaps(pts, res["frontiers"][s]).items():
+                gaps.setdefault(t, []).append(g)
+            for wt in plan.win_targets:
+                reach.setdefault(str(wt), []).append(queries_to_reach(pts, wt, plan.kl_budget))
+        allp = [p for pts in by_label.values() for p in pts.values()]
+        out[m] = {
+            "gaps": {t: {"n": len(v), **{k: R.mean_spread([g[k] for g in v]) for k in ("gap_upper", "gap_lower",
+                                                                                      "win_rate")}}
+                     for t, v in gaps.items()},
+            "queries_to_reach": reach, "above_frontier": flags,
+            "queries_per_run": R.mean_spread([p["queries"] for p in allp]),
+            "samples_per_run": R.mean_spread([p["samples"] for p in allp]),
+            "seconds_per_run": R.mean_spread([p["seconds"] for p in allp]),
+            "kl_range": [min(p["kl"] for p in allp), max(p["kl"] for p in allp)]}
+    return out
+
+
+def nontransitive_setups(root, plan: Plan, size, log) -> dict:
+    """Set-up and frontier of each non-transitive seed (cached)."""
+    nroot = os.path.join(root, "nontransitive")
+    out = {}
+    for s in plan.nontransitive_seeds:
+        t = time.time()
+        out[s] = reference_frontier(nroot, s, size, plan, NONTRANSITIVE, key_offset=2000)
+        log(f"[llm_frontier] non-transitive seed {s}: set-up + frontier {time.time() - t:.0f} s")
+    return out
+
+
+def nontransitive_method(root, plan: Plan, size, s: int, m: str, lr: float, log) -> dict:
+    """One method's final policy on the non-transitive variant (its sweep's middle point): point, exploitability
+    proxy, and its tournament draws (saved as npz); cached in <root>/nontransitive/results/."""
+    import json
+
+    import jax
+    nroot = os.path.join(root, "nontransitive")
+    path = os.path.join(nroot, "results", f"seed{s}_{m}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    frs, setup = reference_frontier(nroot, s, size, plan, NONTRANSITIVE, key_offset=2000)
+    c, lang, ref, head, info = R.load_setup(nroot, s, size, NONTRANSITIVE)
+    prompts = eval_prompts(lang, s, size.eval_prompts)
+    if m == "pi_ref":
+        pol, p = ref, {"label": "-", "kl": 0.0, "win_rate": 0.5, "gap_upper": 0.0}
+    else:
+        label, over = middle(m)
+        recs, pol = _run(nroot, m, s, size, setup, lr, over, NONTRANSITIVE, keep_policy=True, label=label)
+        p = {k: v for k, v in point(recs, frs).items() if k != "trajectory"}
+        p["label"] = label
+    p["exploitability"] = exploitability(pol, lang, prompts, jax.random.key(3000 + s), plan.exploit_samples,
+                                         plan.exploit_kl)
+    toks, mask = draw(pol, lang, prompts, plan.tournament_samples, jax.random.key(4000 + s))
+    np.savez(path[:-5] + "_draws.npz", tokens=toks, mask=mask)
+    R.write_json(path, p)
+    log(f"[llm_frontier] non-transitive seed {s} {m:15s}: kl {p['kl']:.3f} win {p['win_rate']:.3f} "
+        f"gap {p['gap_upper']:+.3f} exploitability {p['exploitability']['upper']:.3f}")
+    return p
+
+
+def run_nontransitive(root, plan: Plan, size, chosen, log) -> dict:
+    """Every method of the plan on the non-transitive variant, and the gold round robin of the final policies
+    (P(row beats column) = mean exact gold probability over their saved draws on the eval prompts)."""
+    nroot = os.path.join(root, "nontransitive")
+    out = {"seeds": {}}
+    for s, (frs, _) in nontransitive_setups(root, plan, size, log).items():
+        rows = {m: nontransitive_method(root, plan, size, s, m, chosen.get(m, 0.0), log)
+                for m in ("pi_ref", *plan.methods)}
+        if plan.stage == "runs":
+            continue
+        c, lang, *_ = R.load_setup(nroot, s, size, NONTRANSITIVE)
+        prompts = eval_prompts(lang, s, size.eval_prompts)
+        draws = {}
+        for m in rows:
+            z = np.load(os.path.join(nroot, "results", f"seed{s}_{m}_draws.npz"))
+            draws[m] = (z["tokens"], z["mask"])
+        names = list(rows)
+        T = np.full((len(names), len(names)), 0.5)
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                if i < j:
+                    T[i, j] = float(gold_matrix(lang, prompts, *draws[a], *draws[b]).mean())
+                    T[j, i] = 1.0 - T[i, j]
+        out["seeds"][str(s)] = {"frontier": frs, "head_agreement_pi_ref": frs["head_agreement_pi_ref"],
+                                "head_accuracy_reference_process": frs["head_accuracy_reference_process"],
+                                "methods": rows, "tournament": {"names": names, "matrix": T.tolist()}}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ output
+def _ms(d, k="gap_upper", f="{:+.3f}"):
+    s = d[k]
+    return (f + " ± {:.3f}").format(s["mean"], s["sd"]) + f" (n={s['n']})"
+
+
+def format_results(res: dict) -> str:
+    plan = res["plan"]
+    out = [f"size {res['size_fields']}, seeds {plan['seeds']} (lr chosen on seed {plan['heldout_seed']}); "
+           f"{res['load_at_start']} at start, {res.get('load_at_end', '?')} at end; "
+           f"{res.get('wall_seconds', 0) / 60:.1f} min (finished runs under out_dir are reused)\n"]
+    out.append("\nFrontier of pi_ref (upper / lower Monte Carlo bracket, ± SE of the upper), per seed\n")
+    out.append("| seed | " + " | ".join(f"KL {t:g}" for t in KL_TARGETS) + " | BoN n=2,4,8,16 win (KL) | "
+               "head agrees w/ gold (pi_ref pairs) |")
+    out.append("|---|" + "---|" * (len(KL_TARGETS) + 2))
+    for s, fr in res["frontiers"].items():
+        cells = []
+        for t in KL_TARGETS:
+            u, lo, se = frontier_at(fr, t, "upper"), frontier_at(fr, t, "lower"), frontier_se_at(fr, t)
+            cells.append(f"{u:.3f} / {lo:.3f} ± {se:.3f}")
+        b = fr["best_of_n"]
+        bon = ", ".join(f"{w:.3f} ({k:.2f})" for w, k in zip(b["win_rate"], b["kl"]))
+        out.append(f"| {s} | " + " | ".join(cells) + f" | {bon} | {fr['head_agreement_pi_ref']:.3f} |")
+    out.append("\nLearning rate chosen on the held-out seed (each method: the same lrs at its sweep's middle point)\n")
+    out.append("| method | at | " + " | ".join(f"lr {lr:g}: KL, win, gap" for lr in plan["lrs"]) + " | chosen |")
+    out.append("|---|---|" + "---|" * (len(plan["lrs"]) + 1))
+    for m, d in res["lr_search"].items():
+        cells = [f"{p['kl']:.2f}, {p['win_rate']:.3f}, {p['gap_upper']:+.3f}" for p in d["points"].values()]
+        out.append(f"| {m} | {d['at']} | " + " | ".join(cells) + f" | {d['chosen']:g} |")
+    out.append("\nGap below the frontier at matched KL (upper-curve gap, mean ± sd over seeds whose curve reaches "
+               "that KL; positive = below), equal preference queries per iteration\n")
+    out.append("| method | KL range | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS)
+               + " | queries / run | samples / run | s / run | above frontier |")
+    out.append("|---|---|" + "---|" * (len(KL_TARGETS) + 4))
+    for m, d in res["summary"].items():
+        cells = [_ms(d["gaps"][str(t)]) if str(t) in d["gaps"] else "not reached" for t in KL_TARGETS]
+        out.append(f"| {m} | {d['kl_range'][0]:.2f}-{d['kl_range'][1]:.2f} | " + " | ".join(cells)
+                   + f" | {d['queries_per_run']['mean']:.0f} | {d['samples_per_run']['mean']:.0f} | "
+                   f"{d['seconds_per_run']['mean']:.1f} | {len(d['above_frontier'])} |")
+    out.append(f"\nQueries to reach a gold win rate at KL <= {plan['kl_budget']:g} (per seed, best point of the "
+               "sweep; inf = not reached)\n")
+    out.append("| method | " + " | ".join(f"win >= {w:g}" for w in plan["win_targets"]) + " |")
+    out.append("|---|" + "---|" * len(plan["win_targets"]))
+    for m, d in res["summary"].items():
+        out.append(f"| {m} | " + " | ".join(", ".join(f"{q:.0f}" if math.isfinite(q) else "inf" for q in d[
+            "queries_to_reach"][str(w)]) for w in plan["win_targets"]) + " |")
+    out.append("\nEvery point (method, sweep label: KL / win per seed)\n")
+    for m, by in res["sweep"].items():
+        for lab, pts in by.items():
+            out.append(f"- {m} {lab}: " + "; ".join(f"s{s} {p['kl']:.3f} / {p['win_rate']:.3f}"
+                                                   f"{' ABOVE' if p['above_frontier'] else ''}"
+                                                   for s, p in pts.items()))
+    nt = res.get("nontransitive")
+    if nt:
+        out.append(f"\nNon-transitive variant {res['nontransitive_language']}: exploitability proxy = gold win "
+                   f"rate vs pi_T of pi_T's best tilt at KL {plan['exploit_kl']:g} (upper / lower; lower is "
+                   "better); win / KL vs pi_ref; gap below its frontier\n")
+        for s, d in nt["seeds"].items():
+            out.append(f"seed {s}: head agrees with gold on {d['head_agreement_pi_ref']:.3f} of pi_ref pairs "
+                       f"({d['head_accuracy_reference_process']:.3f} on reference-process pairs)\n")
+            out.append("| policy | sweep point | KL | win vs pi_ref | gap | exploitability | mean tournament score |")
+            out.append("|---|---|---|---|---|---|---|")
+            T = np.array(d["tournament"]["matrix"])
+            score = dict(zip(d["tournament"]["names"], (T.sum(1) - 0.5) / max(len(T) - 1, 1)))
+            for m, r in d["methods"].items():
+                e = r["exploitability"]
+                if m == "pi_ref":
+                    out.append(f"| pi_ref | - | 0 | 0.5 | 0 | {e['upper']:.3f} / {e['lower']:.3f} | "
+                               f"{score['pi_ref']:.3f} |")
+                else:
+                    out.append(f"| {m} | {r['label']} | {r['kl']:.3f} | {r['win_rate']:.3f} | {r['gap_upper']:+.3f} "
+                               f"| {e['upper']:.3f} / {e['lower']:.3f} | {score[m]:.3f} |")
+            out.append("\nTournament P(row beats column):\n")
+            names = d["tournament"]["names"]
+            out.append("| | " + " | ".join(names) + " |")
+            out.append("|---|" + "---|" * len(names))
+            for n, row in zip(names, T):
+                out.append(f"| {n} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    return "\n".join(out) + "\n"
+
+
+_COLORS = {"wind_sq": "tab:blue", "wind_sq_offset": "tab:cyan", "sppo": "tab:orange", "sppo_beta": "tab:brown",
+           "dpo": "tab:red", "jbond": "tab:purple", "bon_distill": "tab:green", "bonbon": "tab:olive"}
+
+
+def plot_curves(res: dict, path: str) -> str:
+    """One panel per seed: frontier bracket (band), best-of-n points, each method's sweep curve."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    seeds = [str(s) for s in res["plan"]["seeds"]]
+    fig, axes = plt.subplots(1, len(seeds), figsize=(5.2 * len(seeds), 4.3), squeeze=False)
+    for ax, s in zip(axes[0], seeds):
+        fr = res["frontiers"][s]
+        ax.fill_between(fr["lower"]["kl"], fr["lower"]["win_rate"], np.interp(fr["lower"]["kl"], fr["upper"]["kl"],
+                        fr["upper"]["win_rate"]), color="k", alpha=0.15, lw=0)
+        ax.plot(fr["upper"]["kl"], fr["upper"]["win_rate"], "k-", lw=1, label="frontier (upper / lower MC)")
+        ax.plot(fr["lower"]["kl"], fr["lower"]["win_rate"], "k--", lw=0.8)
+        b = fr["best_of_n"]
+        ax.plot(b["kl"], b["win_rate"], "k*", ms=8, label="best-of-n of pi_ref (n=2,4,8,16)")
+        for m, by in res["sweep"].items():
+            pts = sorted((p["kl"], p["win_rate"]) for p in (by[lab][s] for lab in by))
+            ax.plot(*zip(*pts), "o-", color=_COLORS.get(m), ms=3.5, lw=1.1, label=m)
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlim(0, max(4.0, max(p["kl"] for by in res["sweep"].values() for pts in by.values()
+                                    for p in pts.values()) * 1.1))
+        ax.axhline(0.5, color="k", lw=0.6, ls=":")
+        ax.set_xlabel("KL($\\pi_T$ ‖ $\\pi_{ref}$)")
+        ax.set_ylabel("gold win rate vs $\\pi_{ref}$")
+        ax.set_title(f"seed {s}: equal query budget, T={res['size_fields']['num_iterations']}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    return R.save_figure(fig, path)
+
+
+def plot_nontransitive(res: dict, path: str) -> str:
+    """Left: exploitability proxy per policy (mean over seeds of the upper estimate). Right: tournament of the
+    first seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    nt = res["nontransitive"]["seeds"]
+    names = list(next(iter(nt.values()))["methods"])
+    ex = np.array([[d["methods"][m]["exploitability"]["upper"] for m in names] for d in nt.values()])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    a1.bar(range(len(names)), ex.mean(0), yerr=ex.std(0) if len(ex) > 1 else None,
+           color=[_COLORS.get(m, "tab:gray") for m in names], capsize=3)
+    a1.axhline(0.5, color="k", lw=0.6, ls=":")
+    a1.set_ylim(0.45, max(0.6, ex.max() + 0.01))
+    a1.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    a1.set_ylabel(f"best-response win rate vs $\\pi_T$ at KL {res['plan']['exploit_kl']:g} (lower = better)")
+    a1.set_title(f"exploitability proxy, non-transitive task ({len(ex)} seeds)")
+    d = next(iter(nt.values()))
+    T = np.array(d["tournament"]["matrix"])
+    im = a2.imshow(T, cmap="RdBu_r", vmin=0.3, vmax=0.7)
+    tn = d["tournament"]["names"]
+    a2.set_xticks(range(len(tn)), tn, rotation=40, ha="right", fontsize=7)
+    a2.set_yticks(range(len(tn)), tn, fontsize=7)
+    for i in range(len(tn)):
+        for j in range(len(tn)):
+            a2.text(j, i, f"{T[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    a2.set_title(f"gold round robin, P(row beats column), seed {next(iter(nt))}")
+    fig.colorbar(im, ax=a2, fraction=0.046)
+    return R.save_figure(fig, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out_dir", default="outputs/llm_frontier")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one seed, two methods (a smoke test)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default=",".join(SWEEPS))
+    p.add_argument("--nontransitive_seeds", default="0")
+    p.add_argument("--heldout_seed", type=int, default=100)
+    p.add_argument("--stage", default="all", choices=("setup", "runs", "all"),
+                   help="setup: set-ups and frontiers; runs: also the lr search and sweeps of --methods (run "
+                        "several such processes side by side after one setup); all: everything + tables")
+    a = p.parse_args(argv)
+    ints = lambda s: tuple(int(v) for v in s.split(",") if v.strip())  # noqa: E731
+    plan = Plan(seeds=ints(a.seeds), methods=tuple(m.strip() for m in a.methods.split(",") if m.strip()),
+                nontransitive_seeds=ints(a.nontransitive_seeds), stage=a.stage,
+                heldout_seed=a.heldout_seed)
+    if a.quick:
+        plan = dataclasses.replace(plan, size="quick", seeds=(0,), heldout_seed=1, lrs=(1e-3, 3e-3),
+                                   ref_samples=16, ref_opponents=8, exploit_samples=8, nontransitive_seeds=(0,),
+                                   tournament_samples=2)
+    if not plan.seeds:
+        raise ValueError("--seeds: at least one seed")
+    run_comparison(a.out_dir, plan)
+
+
+if __name__ == "__main__":
+    main()
