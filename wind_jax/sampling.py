@@ -229,9 +229,9 @@ def _check_prompts(prompt_tokens, prompt_mask):
     prompt_mask = jnp.ones((b, tp), bool) if prompt_mask is None else jnp.asarray(prompt_mask).astype(bool)
     if prompt_mask.shape != (b, tp):
         raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_tokens shape {(b, tp)}")
-    try:
-        left_padded = bool(np.all(np.asarray(prompt_mask)[:, -1]))
-    except jax.errors.TracerArrayConversionError:  # traced mask: cannot check here
+    try:  # this process's rows (a multi-host global array is checked by each process on its own rows)
+        left_padded = all(bool(np.all(np.asarray(s.data)[:, -1])) for s in prompt_mask.addressable_shards)
+    except (jax.errors.TracerArrayConversionError, AttributeError):  # traced mask: cannot check here
         left_padded = True
     if not left_padded:
         raise ValueError("prompt_mask: prompts must be LEFT-padded (last column real for every row)")
