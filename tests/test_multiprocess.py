@@ -54,3 +54,36 @@ def test_two_processes_end_with_identical_params(tmp_path):
     np.testing.assert_allclose(a["losses"], losses, rtol=1e-5)
     for k, v in ref.items():
         np.testing.assert_allclose(a[k], v, atol=1e-5, rtol=1e-5, err_msg=k)
+
+
+@pytest.mark.slow
+def test_loop_two_processes_equals_one(tmp_path):
+    """The outer loop (sppo, 2 iterations, a checkpoint every step) in 2 jax.distributed processes of 4 fake
+    devices, each sampling and judging its own half of the prompts, ends with the params and win rates of one
+    process on 8 devices."""
+    import multiprocess_loop_worker as loop_worker
+    port, result = free_port(), str(tmp_path / "result.npz")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    out = str(tmp_path / "two")
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multiprocess_loop_worker.py"), str(i), "2",
+                               str(port), out, result], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(2)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=900)[0].decode(errors="replace"))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    got = dict(np.load(result))
+    loop = loop_worker.make_loop(str(tmp_path / "one"), sharding.make_mesh((8, 1, 1)))
+    res = loop.run()
+    loop.close()
+    wins = [r["eval/win_rate_vs_ref"] for r in res.history if r["kind"] == "iteration"]
+    np.testing.assert_allclose(got["wins"], wins, atol=1e-5)
+    for i, leaf in enumerate(jax.tree.leaves(loop.state)):
+        np.testing.assert_allclose(got[f"p{i}"], np.asarray(leaf), atol=1e-5, rtol=1e-5)

@@ -38,12 +38,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from wind_jax import losses, sharding
+from wind_jax.models import Transformer
+from wind_jax.models.lora import apply_lora
 from wind_jax.sampling import sample_state
 from wind_jax.train import methods as methods_lib
 from wind_jax.train.checkpoint import Checkpointer
 from wind_jax.train.metrics import MetricsLogger, progress_bar, read_jsonl
 from wind_jax.train.oracle import PreferenceOracle, Tokens
-from wind_jax.train.steps import (OptimizerConfig, PolicyWithOffset, _cached_jit, init_optimizer_state,
+from wind_jax.train.steps import (OptimizerConfig, PolicyWithOffset, _avals, _cached_jit, init_optimizer_state,
                                   jit_policy_step, make_optimizer, policy_outputs)
 
 METHODS = tuple(methods_lib.METHODS)
@@ -85,6 +87,9 @@ class LoopConfig:
     checkpoint_every_steps: int = 0    # 0 = only at iteration ends
     max_to_keep: int = 2
     async_checkpoint: bool = True
+    lora_rank: int = 0                 # > 0: train LoRA adapters (wind_jax.models.lora) instead of every weight
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     seed: int = 0
 
     def __post_init__(self):
@@ -112,6 +117,10 @@ class LoopConfig:
                 raise ValueError(f"LoopConfig.{name} must be finite, got {v}")
         if not 0.0 < self.anchor_ema <= 1.0:
             raise ValueError(f"LoopConfig.anchor_ema must be in (0, 1], got {self.anchor_ema}")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(f"LoopConfig.lora_rank must be an int >= 0 (0 = full fine-tuning), got {self.lora_rank!r}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"LoopConfig.lora_alpha must be finite and > 0, got {self.lora_alpha}")
         if self.checkpoint_every_steps < 0:
             raise ValueError(f"LoopConfig.checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
         # The loss's own validation at the first and last iteration's values (names the field).
@@ -382,30 +391,40 @@ class AlignmentLoop:
         self.verbose = verbose
         self._check_divisible()
 
-        # Policy (+ offset head), reference, anchor: sharded on the mesh by their logical axes.
-        if isinstance(policy, nnx.Module):
-            module = policy
+        # Policy (+ LoRA adapters, + offset head), reference, anchor: sharded on the mesh by their logical axes.
+        self.trainable = "lora" if config.lora_rank else "all"
+        base = policy if isinstance(policy, nnx.Module) else nnx.eval_shape(policy)
+        if not isinstance(base, Transformer):
+            raise ValueError(f"policy must be a wind_jax Transformer (or a function building one), "
+                             f"got {type(base).__name__}")
+        self.policy_graphdef = nnx.split(base)[0]
+        self.model_config = base.config
+
+        def wrap(model):
+            if config.lora_rank:
+                model = apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets,
+                                   rngs=nnx.Rngs(config.seed))
             if self.method.needs_offset:
-                module = PolicyWithOffset(policy, rngs=nnx.Rngs(config.seed))
-            self.graphdef, state = nnx.split(module)
+                model = PolicyWithOffset(model, rngs=nnx.Rngs(config.seed))
+            return model
+
+        if isinstance(policy, nnx.Module):
+            self.graphdef, state = nnx.split(wrap(policy))
             self.state = _copy_to(state, sharding.state_shardings(state, self.mesh))
         else:
-            make = (lambda: PolicyWithOffset(policy(), rngs=nnx.Rngs(config.seed))) if self.method.needs_offset \
-                else policy
-            self.graphdef, self.state = sharding.create_sharded_state(make, self.mesh)
-        self.policy_graphdef = nnx.split(self._merge_policy())[0]
-        self.model_config = self._merge_policy().config
-        if reference is None:
-            ref_state = self._policy_state(self.state)
+            self.graphdef, self.state = sharding.create_sharded_state(lambda: wrap(policy()), self.mesh)
+        if reference is None or reference is policy:  # a copy of the sharded pi_0 (never of the caller's arrays: two device_puts of
+            ref_state = self._sampling_state(self.state)  # one host array may share a buffer)
+            self.ref_state = _copy_to(ref_state, jax.tree.map(lambda x: x.sharding, ref_state))
         else:
             ref_state = nnx.split(reference)[1]
-        self.ref_state = _copy_to(ref_state, sharding.state_shardings(ref_state, self.mesh))
+            self.ref_state = _copy_to(ref_state, sharding.state_shardings(ref_state, self.mesh))
         self.anchor_state = (_copy_to(self.ref_state, jax.tree.map(lambda x: x.sharding, self.ref_state))
                              if self.method.uses("anchor") else None)
         self.tx = make_optimizer(OptimizerConfig(name=config.optimizer, learning_rate=float(config.learning_rate),
                                                  max_grad_norm=float(config.max_grad_norm),
                                                  injectable_learning_rate=True))
-        self.opt_state = init_optimizer_state(self.tx, self.state, self.mesh)
+        self.opt_state = init_optimizer_state(self.tx, self.state, self.mesh, trainable=self.trainable)
         self.run_config = {"loop": dataclasses.asdict(config), **(dict(run_config or {}))}
         self.ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"), config=self.run_config,
                                  max_to_keep=config.max_to_keep, async_save=config.async_checkpoint)
@@ -424,21 +443,40 @@ class AlignmentLoop:
                 raise ValueError(f"LoopConfig.{name}={v} must be divisible by the {shards} batch shards of "
                                  f"mesh {dict(self.mesh.shape)} and the {procs} processes")
 
-    def _merge_policy(self, state=None):
-        module = nnx.merge(self.graphdef, self.state if state is None else state)
-        return module.policy if isinstance(module, PolicyWithOffset) else module
-
     def policy_model(self):
-        """The current policy pi_t as a wind_jax Transformer (a view of the sharded state)."""
-        return self._merge_policy()
+        """The current policy pi_t as a plain wind_jax Transformer (LoRA adapters merged in)."""
+        return nnx.merge(self.policy_graphdef, self._sampling_state(self.state))
 
     def ref_model(self):
         """pi_ref as a wind_jax Transformer."""
         return nnx.merge(self.policy_graphdef, self.ref_state)
 
-    def _policy_state(self, state):
-        """The plain Transformer's part of the trained state (the offset head left out)."""
+    def _sampling_state(self, state):
+        """The plain Transformer state of the policy: the offset head left out, LoRA adapters merged in
+        (one jitted program)."""
+        if self.trainable == "lora":
+            graphdef, mesh = self.graphdef, self.mesh
+
+            def merged(s):
+                module = nnx.merge(graphdef, s)
+                module = module.policy if isinstance(module, PolicyWithOffset) else module
+                return nnx.split(module.merged())[1]
+
+            def build():
+                out = jax.eval_shape(merged, state)
+                return jax.jit(merged, out_shardings=sharding.state_shardings(out, mesh))
+            return _cached_jit(("lora_merge", graphdef, mesh, _avals(state)), build)(state)
         return state["policy"] if self.method.needs_offset else state
+
+    def _trained_parts(self, state) -> dict:
+        """What a checkpoint holds of the trained module: {"policy": ..., "offset": ...} (LoRA: adapters only)."""
+        policy = state["policy"] if self.method.needs_offset else state
+        if self.trainable == "lora":
+            policy = nnx.split_state(policy, nnx.LoRAParam, ...)[0]
+        parts = {"policy": policy}
+        if self.method.needs_offset:
+            parts["offset"] = state["offset_head"]
+        return parts
 
     def run_info(self) -> dict:
         """Mesh and parameter bytes held per device (written to <out_dir>/run.json)."""
@@ -511,7 +549,7 @@ class AlignmentLoop:
         cfg, timer, method = self.cfg, self._timer, self.method
         t0 = time.perf_counter()
         prompts = self._global_prompts(self.prompts, t * cfg.prompts_per_iteration, cfg.prompts_per_iteration)
-        models = {"policy": self._policy_state(self.state), "reference": self.ref_state,
+        models = {"policy": self._sampling_state(self.state), "reference": self.ref_state,
                   "anchor": self.anchor_state}
         parts = []
         for d, (source, count) in enumerate(method.counts(cfg.n)):
@@ -545,7 +583,7 @@ class AlignmentLoop:
         cfg = self.cfg
         n = cfg.eval_samples_per_prompt
         prompts = self._global_prompts(self.eval_prompts, 0, cfg.eval_prompts)
-        pol, pol_mask, lp_pol = self._rollout(self._policy_state(self.state), prompts, n,
+        pol, pol_mask, lp_pol = self._rollout(self._sampling_state(self.state), prompts, n,
                                               _host_key(cfg.seed, t, 2, 0), 1.0)
         ref, ref_mask, _ = self._rollout(self.ref_state, prompts, n, _host_key(cfg.seed, t, 2, 1), 1.0)
         lp_ref = self._eval_ref_logprobs(prompts, pol, pol_mask)
@@ -589,9 +627,8 @@ class AlignmentLoop:
         return t * (self.cfg.steps_per_iteration + 1) + k
 
     def _tree(self) -> dict:
-        tree = {"policy": named(self._policy_state(self.state)), "opt": named(self.opt_state)}
-        if self.method.needs_offset:
-            tree["offset"] = named(self.state["offset_head"])
+        tree = {k: named(v) for k, v in self._trained_parts(self.state).items()}
+        tree["opt"] = named(self.opt_state)
         if self.anchor_state is not None:
             tree["anchor"] = named(self.anchor_state)
         return tree
@@ -616,10 +653,11 @@ class AlignmentLoop:
         if meta.get("has_extra"):
             extra_target = _abstract(self._batch_template)
         tree, meta, batch = self.ckpt.restore(step, target=target, extra_target=extra_target)
-        policy = from_named(self._policy_state(self.state), tree["policy"], "policy")
+        parts = {k: from_named(v, tree[k], k) for k, v in self._trained_parts(self.state).items()}
+        current = self.state["policy"] if self.method.needs_offset else self.state
+        policy = nnx.merge_state(current, parts["policy"]) if self.trainable == "lora" else parts["policy"]
         if self.method.needs_offset:
-            self.state["policy"] = policy
-            self.state["offset_head"] = from_named(self.state["offset_head"], tree["offset"], "offset")
+            self.state["policy"], self.state["offset_head"] = policy, parts["offset"]
         else:
             self.state = policy
         self.opt_state = from_named(self.opt_state, tree["opt"], "opt")
@@ -699,21 +737,21 @@ class AlignmentLoop:
                 k0 = 0
                 batch = self.build_batch(t)
                 if cfg.reset_optimizer:
-                    self.opt_state = init_optimizer_state(self.tx, self.state, self.mesh)
+                    self.opt_state = init_optimizer_state(self.tx, self.state, self.mesh, trainable=self.trainable)
             n_rows = next(iter(batch["tokens"].values())).shape[0]
             bs = min(cfg.batch_size, n_rows)
             step = jit_policy_step(self.graphdef, self.state, self.opt_state, batch, self.mesh,
                                    loss_name=self.method.loss, optimizer=self.tx,
                                    hparams={k: v for k, v in static.items() if k in self.spec.defaults},
                                    traced=tuple(dynamic) + ("learning_rate",), response_width=cfg.max_new_tokens,
-                                   minibatch=True)
+                                   minibatch=True, trainable=self.trainable)
             dyn = {**dynamic, "learning_rate": lr}
             t_train = time.perf_counter()
             for k in range(k0, S):
                 self.state, self.opt_state, metrics = step(self.state, self.opt_state, batch, dyn,
                                                            self._minibatch_rows(t, k, n_rows, bs))
                 if self.anchor_state is not None:
-                    self.anchor_state = _ema(self.anchor_state, self._policy_state(self.state),
+                    self.anchor_state = _ema(self.anchor_state, self._sampling_state(self.state),
                                              np.float32(cfg.anchor_ema))
                 self.counters["global_step"] += 1
                 self._pending.append(({"iteration": t, "step": k, "global_step": self.counters["global_step"],
@@ -740,7 +778,7 @@ class AlignmentLoop:
         if self.logger is not None:
             self.logger.close()
         history = self.logger.history if self.logger is not None else []
-        return LoopResult(self._merge_policy(), history, self.out_dir)
+        return LoopResult(self.policy_model(), history, self.out_dir)
 
     def _report(self, rec: dict):
         win = rec.get("eval/win_rate_vs_ref")
@@ -764,7 +802,7 @@ class AlignmentLoop:
     def export(self, directory: str, *, tokenizer=None, tokenizer_dir=None, overwrite: bool = True) -> str | None:
         """Write the current policy as a Hugging Face directory (process 0; wind_jax.models.convert.export_hf)."""
         from wind_jax.models.convert import export_hf
-        policy = self._merge_policy()
+        policy = self.policy_model()
         if not self.is_main:
             return None
         return export_hf(policy, self.model_config, directory, tokenizer_dir, tokenizer=tokenizer,

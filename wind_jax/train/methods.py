@@ -48,9 +48,9 @@ class Method:
     draws: ((source, count), ...); count 0 = n. default_n: n when the config leaves num_samples at 0;
     fixed_n: n may not be changed (WIND's single duel). sources: the draw source of each response name.
     pairs: n -> ((i, j), ...) pairs asked. assemble: (pref, n, hparams) -> Rows.
-    fixed_hparams: loss hparams the method pins (SPPO as published: beta = 0).
+    fixed_hparams: ((name, value), ...) loss hparams the method pins (SPPO as published: beta = 0).
     weight: optional (frozen batch, hparams) -> [R] per-row weights (e.g. Alg. 1's mixing for bon_distill).
-    extra_hparams: method hparams that are not loss hparams (name -> default), e.g. bon_distill's alpha.
+    extra_hparams: ((name, default), ...) method hparams that are not loss hparams, e.g. bon_distill's alpha.
     """
 
     name: str
@@ -61,9 +61,9 @@ class Method:
     assemble: Callable[[Array, int, Mapping[str, float]], Rows]
     default_n: int = 2
     fixed_n: bool = False
-    fixed_hparams: Mapping[str, float] = types.MappingProxyType({})
+    fixed_hparams: tuple[tuple[str, float], ...] = ()
     weight: Callable[[Mapping[str, Array], Mapping[str, float]], Array] | None = None
-    extra_hparams: Mapping[str, float] = types.MappingProxyType({})
+    extra_hparams: tuple[tuple[str, float], ...] = ()
     doc: str = ""
 
     @property
@@ -203,7 +203,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _wind("wind_kl", _wind_kl_rows, doc="WIND, on-policy reverse-KL surrogate, one row per duel"),
     _wind("wind_nce", doc="WIND, NCE discrimination of duel winners (reconstruction)"),
     Method("sppo", "sppo", (("policy", 0),), _PAIR_SOURCES, round_robin, _sppo_rows, default_n=5,
-           fixed_hparams=types.MappingProxyType({"beta": 0.0}),
+           fixed_hparams=(("beta", 0.0),),
            doc="SPPO as published: K samples, K x K win rates, best/worst, beta = 0"),
     Method("sppo_beta", "sppo", (("policy", 0),), _PAIR_SOURCES, round_robin, _sppo_rows, default_n=5,
            doc="SPPO's estimator with WIND's KL term toward pi_ref (beta > 0)"),
@@ -215,7 +215,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("dpo", "dpo", (("policy", 0),), _PAIR_SOURCES, round_robin, _pair_rows, default_n=2,
            doc="online DPO: round-robin winner/loser of n samples of pi_t"),
     Method("bon_distill", "bon_distill", (("policy", 0),), {"y": "policy"}, round_robin, _bon_rows,
-           default_n=4, weight=_bon_mixing_weight, extra_hparams=types.MappingProxyType({"alpha": 0.0}),
+           default_n=4, weight=_bon_mixing_weight, extra_hparams=(("alpha", 0.0),),
            doc="iterative BoN distillation (Alg. 1), geometric mixing toward pi_ref with alpha"),
 ]}
 

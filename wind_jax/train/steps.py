@@ -94,17 +94,27 @@ def _optimizer_chain(config: OptimizerConfig, learning_rate) -> optax.GradientTr
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), opt)
 
 
-def _params(state):
-    """(trainable nnx.Param state, everything else)."""
-    return nnx.split_state(state, nnx.Param, ...)
+TRAINABLE = ("all", "lora")
 
 
-def init_optimizer_state(optimizer: optax.GradientTransformation, state, mesh: Mesh):
+def _params(state, trainable: str = "all"):
+    """(trainable state, everything else). trainable="all": every nnx.Param; "lora": the LoRA adapters
+    (wind_jax.models.lora) and the offset head of PolicyWithOffset, the base weights frozen."""
+    if trainable == "all":
+        return nnx.split_state(state, nnx.Param, ...)
+    if trainable == "lora":
+        return nnx.split_state(state, nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains("offset_head"))),
+                               ...)
+    raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+
+
+def init_optimizer_state(optimizer: optax.GradientTransformation, state, mesh: Mesh, *, trainable: str = "all"):
     """Optimizer state created directly with the params' shardings (moments inherit each Param's metadata).
 
     Every leaf is strongly typed (an injected learning rate included), so the state a step returns has the
-    same types as the one it was given and one compiled step serves both. Equal arguments share one compile."""
-    params, _ = _params(state)
+    same types as the one it was given and one compiled step serves both. Equal arguments share one compile.
+    trainable: which parameters the optimizer holds ("all", or "lora": adapters and offset head only)."""
+    params, _ = _params(state, trainable)
 
     def init(p):
         return jax.tree.map(lambda x: jnp.asarray(x, x.dtype), optimizer.init(p))
@@ -113,7 +123,7 @@ def init_optimizer_state(optimizer: optax.GradientTransformation, state, mesh: M
         abstract = jax.eval_shape(init, params)
         return jax.jit(init, out_shardings=sharding.state_shardings(abstract, mesh))
 
-    return _cached_jit(("init_optimizer_state", optimizer, mesh, _avals(params)), build)(params)
+    return _cached_jit(("init_optimizer_state", optimizer, mesh, trainable, _avals(params)), build)(params)
 
 
 # ------------------------------------------------------------------------------- policy outputs (log-probs)
@@ -235,7 +245,8 @@ def _select(batch: Batch, spec: losses.LossSpec) -> dict:
 
 def policy_step(graphdef, state, opt_state, batch: Batch, loss_name: str, hparams: Mapping[str, Any] | None = None,
                 *, optimizer: optax.GradientTransformation, num_micro_batches: int = 1, weighting: str = "example",
-                response_width: int | None = None, learning_rate: Array | None = None, rows: Array | None = None):
+                response_width: int | None = None, learning_rate: Array | None = None, rows: Array | None = None,
+                trainable: str = "all"):
     """One optimizer update of the trainable policy on ``batch`` with loss ``loss_name`` (pure; jit it).
 
     Objective: sum_i w_i l_i / sum_i w_i over the WHOLE batch (w = batch["weight"], times the number of
@@ -243,7 +254,8 @@ def policy_step(graphdef, state, opt_state, batch: Batch, loss_name: str, hparam
     lax.scan, each micro-batch contributing sum_{i in mb} w_i l_i / sum_all w, so the update equals the
     full-batch one. ``hparams`` values may be traced (a schedule does not recompile). ``learning_rate``
     (traced) replaces the injected rate of an optimizer built with injectable_learning_rate=True. ``rows``
-    (int [b]) selects the minibatch inside the step. Returns (state, opt_state, metrics): the loss's own
+    (int [b]) selects the minibatch inside the step; ``trainable`` which parameters are updated (see
+    init_optimizer_state). Returns (state, opt_state, metrics): the loss's own
     metrics (averaged over micro-batches), "loss" (weighted), "grad_norm" (before clipping), "weight_sum".
     """
     spec = losses.get_loss(loss_name)
@@ -256,7 +268,7 @@ def policy_step(graphdef, state, opt_state, batch: Batch, loss_name: str, hparam
             raise ValueError("learning_rate given but the optimizer has no injected learning rate "
                              "(build it with OptimizerConfig(injectable_learning_rate=True))")
         opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-    params, rest = _params(state)
+    params, rest = _params(state, trainable)
     weights = _example_weights(batch, spec.policy_keys, weighting)
     total_weight = jnp.sum(weights)
 
@@ -368,7 +380,8 @@ def _cached_jit(key: tuple, build: Callable[[], Callable]) -> Callable:
 def jit_policy_step(graphdef, state, opt_state, batch: Batch, mesh: Mesh, *, loss_name: str,
                     optimizer: optax.GradientTransformation, hparams: Mapping[str, float] | None = None,
                     traced: tuple[str, ...] = (), num_micro_batches: int = 1, weighting: str = "example",
-                    response_width: int | None = None, minibatch: bool = False, donate: bool = True) -> Callable:
+                    response_width: int | None = None, minibatch: bool = False, trainable: str = "all",
+                    donate: bool = True) -> Callable:
     """``policy_step`` jitted with explicit in/out shardings (params and optimizer state by their logical
     axes, batch split over the "batch" mesh axes, metrics replicated) and donation of state/opt_state.
 
@@ -388,7 +401,7 @@ def jit_policy_step(graphdef, state, opt_state, batch: Batch, mesh: Mesh, *, los
         raise ValueError(f"jit_policy_step: traced {bad} are not hparams of loss {loss_name!r} "
                          f"(it takes {sorted(spec.defaults)} and learning_rate)")
     key = ("policy_step", graphdef, loss_name, optimizer, static, traced, num_micro_batches, weighting,
-           response_width, minibatch, donate, mesh, _avals(state), _avals(opt_state), _avals(batch))
+           response_width, minibatch, trainable, donate, mesh, _avals(state), _avals(opt_state), _avals(batch))
 
     def build():
         state_sh = sharding.state_shardings(state, mesh)
@@ -399,7 +412,8 @@ def jit_policy_step(graphdef, state, opt_state, batch: Batch, mesh: Mesh, *, los
             hp = {**dict(static), **{k: v for k, v in dyn.items() if k != "learning_rate"}}
             return policy_step(graphdef, s, o, _select(b, spec), loss_name, hp, optimizer=optimizer,
                                num_micro_batches=num_micro_batches, weighting=weighting,
-                               response_width=response_width, learning_rate=dyn.get("learning_rate"), rows=rows)
+                               response_width=response_width, learning_rate=dyn.get("learning_rate"), rows=rows,
+                               trainable=trainable)
 
         dyn0 = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in traced}
         rows0 = jax.ShapeDtypeStruct((1,), jnp.int32) if minibatch else None
