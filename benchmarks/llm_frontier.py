@@ -91,6 +91,7 @@ class Plan:
     win_targets: tuple[float, ...] = (0.55, 0.6)
     kl_budget: float = 1.0
     stage: str = "all"            # "setup": set-ups and frontiers only; "runs": also the runs; "all": everything
+    reuse_only: bool = False      # tables from the finished runs only (missing runs are left out, not run)
 
 
 # ------------------------------------------------------------------------------------ sampling, gold
@@ -171,12 +172,15 @@ def self_frontier(policy, lang, prompts, key, M: int, K: int, lambdas=LAMBDAS, n
 
 
 def frontier_at(fr: dict, kl, which: str = "upper") -> np.ndarray:
-    """Frontier win rate at KL values (linear interpolation; NaN beyond its range)."""
-    return np.interp(np.asarray(kl, float), fr[which]["kl"], fr[which]["win_rate"], left=np.nan, right=np.nan)
+    """Frontier win rate at KL values (linear interpolation; NaN beyond its range). KL is nondecreasing in
+    lambda; np.maximum.accumulate only removes rounding wiggles where it saturates (at log M per prompt)."""
+    xp = np.maximum.accumulate(np.asarray(fr[which]["kl"], float))
+    return np.interp(np.asarray(kl, float), xp, fr[which]["win_rate"], left=np.nan, right=np.nan)
 
 
 def frontier_se_at(fr: dict, kl, which: str = "upper") -> np.ndarray:
-    return np.interp(np.asarray(kl, float), fr[which]["kl"], fr[which]["win_rate_se"])
+    return np.interp(np.asarray(kl, float), np.maximum.accumulate(np.asarray(fr[which]["kl"], float)),
+                     fr[which]["win_rate_se"])
 
 
 def head_agreement(head, lang, prompts, a, ma, b, mb) -> float:
@@ -211,9 +215,15 @@ def point(records, fr: dict) -> dict:
     return {"kl": kl, "win_rate": win, "win_rate_se": se_w, "kl_se": se_k, "gap_upper": up - win,
             "gap_lower": lo - win, "above_frontier": bool(math.isfinite(up) and win - up > margin),
             "margin": margin, "queries": last["counts/queries"], "samples": last["counts/samples"],
-            "seconds": sum(r.get("time/iteration", 0.0) for r in records),
+            "sec_per_iter": _warm_seconds(records),
             "trajectory": [(r["iteration"], r["counts/queries"], r["eval/kl_to_ref"], r["eval/win_rate_vs_ref"])
                            for r in records]}
+
+
+def _warm_seconds(records) -> float:
+    """Median wall seconds of a warm outer iteration (iterations >= 2; iteration 1 compiles); NaN if none."""
+    ws = [r["time/iteration"] for r in records if r.get("iteration", 0) >= 2 and "time/iteration" in r]
+    return float(np.median(ws)) if ws else float("nan")
 
 
 def curve_gaps(points: list[dict], fr: dict, targets=KL_TARGETS) -> dict:
@@ -273,26 +283,42 @@ def finished_records(run_dir: str, num_iterations: int) -> list[dict] | None:
 
 
 def _run(root, method, seed, size, setup, lr, overrides, lang_over=None, keep_policy=False, sub="runs",
-         label=""):
-    """One run (reused when finished, unless its final policy is needed)."""
+         label="", reuse_only=False):
+    """One run (reused when finished, unless its final policy is needed); None if reuse_only and unfinished."""
     prompts = R.prompts_for_budget(method, "queries", size.base_prompts, int(overrides.get("num_samples", 0)))
     name = f"{method}_{label}_lr{lr:g}".replace(" ", "_").replace("=", "")
     run_dir = os.path.join(root, sub, name, f"seed{seed}")
     if not keep_policy:
         done = finished_records(run_dir, size.num_iterations)
-        if done is not None:
+        if done is not None or reuse_only:
             return done
     return R.run_one(run_dir, method, seed, size, prompts, setup, loop_overrides={**overrides, "learning_rate": lr},
                      language_overrides=lang_over, keep_policy=keep_policy)
 
 
+def claim(root: str, method: str) -> bool:
+    """Claim `method` for this process (an exclusively created file <root>/claims/<method>): --stage=runs
+    processes started side by side each take whole methods, so no two write the same run."""
+    os.makedirs(os.path.join(root, "claims"), exist_ok=True)
+    try:
+        fd = os.open(os.path.join(root, "claims", method), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
 def reference_frontier(root: str, seed: int, size, plan: "Plan", lang_over=None, key_offset: int = 1000):
-    """(frontier without the raw draws, set-up dir) of `seed`, cached in <root>/frontiers/seed<seed>.json."""
+    """(frontier without the raw draws, set-up dir) of `seed`, cached in <root>/frontiers/seed<seed>.json.
+    At plan.stage == "runs" it waits for a --stage=setup process to write that file instead of making it."""
     import json
 
     import jax
-    setup = R.prepare_setup(root, seed, size, lang_over)
     path = os.path.join(root, "frontiers", f"seed{seed}.json")
+    while plan.stage == "runs" and not os.path.exists(path):
+        time.sleep(10)
+    setup = R.prepare_setup(root, seed, size, lang_over)
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f), setup
@@ -322,27 +348,42 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
 
     # 1. set-ups and frontiers
     frontiers, setups = {}, {}
-    for s in (plan.heldout_seed, *plan.seeds):
-        t = time.time()
-        frontiers[s], setups[s] = reference_frontier(root, s, size, plan)
-        fr = frontiers[s]
-        log(f"[llm_frontier] seed {s}: set-up + frontier {time.time() - t:.0f} s; frontier win at KL 0.5/1/2 "
-            f"{frontier_at(fr, [0.5, 1.0, 2.0]).round(3).tolist()}; head agrees with gold on "
-            f"{fr['head_agreement_pi_ref']:.3f} of pi_ref pairs")
-    if plan.nontransitive_seeds:
+
+    def frontier_of(s):  # set-up and frontier of seed s, made (or read) when first needed
+        if s not in frontiers:
+            t = time.time()
+            frontiers[s], setups[s] = reference_frontier(root, s, size, plan)
+            fr = frontiers[s]
+            log(f"[llm_frontier] seed {s}: set-up + frontier {time.time() - t:.0f} s; frontier win at KL 0.5/1/2 "
+                f"{frontier_at(fr, [0.5, 1.0, 2.0]).round(3).tolist()}; head agrees with gold on "
+                f"{fr['head_agreement_pi_ref']:.3f} of pi_ref pairs")
+        return frontiers[s]
+
+    if plan.stage != "runs":
+        for s in (plan.heldout_seed, *plan.seeds):
+            frontier_of(s)
+    if plan.nontransitive_seeds and plan.stage != "runs":
         nontransitive_setups(root, plan, size, log)
     if plan.stage == "setup":
         return {"frontiers": frontiers}
-    res["frontiers"] = {str(s): f for s, f in frontiers.items()}
 
     # 2. learning rate per method on the held-out seed, same budget each
     chosen, lr_search = {}, {}
     for m in plan.methods:
+        if plan.stage == "runs" and not claim(root, m):
+            log(f"[llm_frontier] {m}: claimed by another --stage=runs process; skipped here")
+            continue
         label, over = middle(m)
         per_lr = {}
         for lr in plan.lrs:
-            recs = _run(root, m, plan.heldout_seed, size, setups[plan.heldout_seed], lr, over, label=label)
-            per_lr[lr] = point(recs, frontiers[plan.heldout_seed])
+            fr = frontier_of(plan.heldout_seed)
+            recs = _run(root, m, plan.heldout_seed, size, setups[plan.heldout_seed], lr, over, label=label,
+                        reuse_only=plan.reuse_only)
+            if recs is not None:
+                per_lr[lr] = point(recs, fr)
+        if len(per_lr) < len(plan.lrs):
+            log(f"[llm_frontier] {m}: learning-rate search unfinished; left out")
+            continue
         chosen[m] = choose_lr(per_lr)
         lr_search[m] = {"at": label, "points": {str(lr): {k: v for k, v in p.items() if k != "trajectory"}
                                                 for lr, p in per_lr.items()}, "chosen": chosen[m]}
@@ -353,20 +394,25 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
 
     # 3. the sweeps, every seed
     sweep = {}
-    for m in plan.methods:
+    for m in chosen:
         sweep[m] = {}
         for label, over in SWEEPS[m]:
             pts = {}
             for s in plan.seeds:
                 t = time.time()
-                pts[str(s)] = point(_run(root, m, s, size, setups[s], chosen[m], over, label=label), frontiers[s])
-                p = pts[str(s)]
+                fr = frontier_of(s)
+                recs = _run(root, m, s, size, setups[s], chosen[m], over, label=label, reuse_only=plan.reuse_only)
+                if recs is None:
+                    continue
+                pts[str(s)] = p = point(recs, fr)
                 flag = "  ABOVE THE FRONTIER" if p["above_frontier"] else ""
                 log(f"[llm_frontier] {m:15s} {label:14s} seed {s}: kl {p['kl']:.3f} win {p['win_rate']:.3f} "
                     f"gap {p['gap_upper']:+.3f} / {p['gap_lower']:+.3f} ({time.time() - t:.0f} s){flag}")
-            sweep[m][label] = pts
+            if pts:
+                sweep[m][label] = pts
     res["sweep"] = sweep
     res["chosen_lr"] = chosen
+    res["frontiers"] = {str(s): f for s, f in frontiers.items()}
 
     # 4. non-transitive variant
     if plan.nontransitive_seeds:
@@ -396,7 +442,7 @@ def summarize(res: dict, plan: Plan) -> dict:
         flags = [(lab, s, p["kl"], p["win_rate"], p["margin"]) for lab, pts in by_label.items()
                  for s, p in pts.items() if p["above_frontier"]]
         for s in map(str, plan.seeds):
-            pts = [by_label[lab][s] for lab in by_label]
+            pts = [by_label[lab][s] for lab in by_label if s in by_label[lab]]
             for t, g in curve_gaps(pts, res["frontiers"][s]).items():
                 gaps.setdefault(t, []).append(g)
             for wt in plan.win_targets:
@@ -409,7 +455,7 @@ def summarize(res: dict, plan: Plan) -> dict:
             "queries_to_reach": reach, "above_frontier": flags,
             "queries_per_run": R.mean_spread([p["queries"] for p in allp]),
             "samples_per_run": R.mean_spread([p["samples"] for p in allp]),
-            "seconds_per_run": R.mean_spread([p["seconds"] for p in allp]),
+            "sec_per_iter": R.mean_spread([p["sec_per_iter"] for p in allp]),
             "kl_range": [min(p["kl"] for p in allp), max(p["kl"] for p in allp)]}
     return out
 
@@ -436,6 +482,8 @@ def nontransitive_method(root, plan: Plan, size, s: int, m: str, lr: float, log)
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
+    if plan.reuse_only:
+        return None
     frs, setup = reference_frontier(nroot, s, size, plan, NONTRANSITIVE, key_offset=2000)
     c, lang, ref, head, info = R.load_setup(nroot, s, size, NONTRANSITIVE)
     prompts = eval_prompts(lang, s, size.eval_prompts)
@@ -463,7 +511,8 @@ def run_nontransitive(root, plan: Plan, size, chosen, log) -> dict:
     out = {"seeds": {}}
     for s, (frs, _) in nontransitive_setups(root, plan, size, log).items():
         rows = {m: nontransitive_method(root, plan, size, s, m, chosen.get(m, 0.0), log)
-                for m in ("pi_ref", *plan.methods)}
+                for m in ("pi_ref", *chosen)}
+        rows = {m: r for m, r in rows.items() if r is not None}
         if plan.stage == "runs":
             continue
         c, lang, *_ = R.load_setup(nroot, s, size, NONTRANSITIVE)
@@ -498,8 +547,8 @@ def format_results(res: dict) -> str:
            f"{res.get('wall_seconds', 0) / 60:.1f} min (finished runs under out_dir are reused)\n"]
     out.append("\nFrontier of pi_ref (upper / lower Monte Carlo bracket, ± SE of the upper), per seed\n")
     out.append("| seed | " + " | ".join(f"KL {t:g}" for t in KL_TARGETS) + " | BoN n=2,4,8,16 win (KL) | "
-               "head agrees w/ gold (pi_ref pairs) |")
-    out.append("|---|" + "---|" * (len(KL_TARGETS) + 2))
+               "upper with M/2 samples at KL 1 / 2 (bias check) | head agrees w/ gold (pi_ref pairs) |")
+    out.append("|---|" + "---|" * (len(KL_TARGETS) + 3))
     for s, fr in res["frontiers"].items():
         cells = []
         for t in KL_TARGETS:
@@ -507,7 +556,9 @@ def format_results(res: dict) -> str:
             cells.append(f"{u:.3f} / {lo:.3f} ± {se:.3f}")
         b = fr["best_of_n"]
         bon = ", ".join(f"{w:.3f} ({k:.2f})" for w, k in zip(b["win_rate"], b["kl"]))
-        out.append(f"| {s} | " + " | ".join(cells) + f" | {bon} | {fr['head_agreement_pi_ref']:.3f} |")
+        half = frontier_at(fr, [1.0, 2.0], "upper_half_samples")
+        out.append(f"| {s} | " + " | ".join(cells) + f" | {bon} | {half[0]:.3f} / {half[1]:.3f} | "
+                   f"{fr['head_agreement_pi_ref']:.3f} |")
     out.append("\nLearning rate chosen on the held-out seed (each method: the same lrs at its sweep's middle point)\n")
     out.append("| method | at | " + " | ".join(f"lr {lr:g}: KL, win, gap" for lr in plan["lrs"]) + " | chosen |")
     out.append("|---|---|" + "---|" * (len(plan["lrs"]) + 1))
@@ -517,13 +568,13 @@ def format_results(res: dict) -> str:
     out.append("\nGap below the frontier at matched KL (upper-curve gap, mean ± sd over seeds whose curve reaches "
                "that KL; positive = below), equal preference queries per iteration\n")
     out.append("| method | KL range | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS)
-               + " | queries / run | samples / run | s / run | above frontier |")
+               + " | queries / run | samples / run | s / warm iteration | above frontier |")
     out.append("|---|---|" + "---|" * (len(KL_TARGETS) + 4))
     for m, d in res["summary"].items():
         cells = [_ms(d["gaps"][str(t)]) if str(t) in d["gaps"] else "not reached" for t in KL_TARGETS]
         out.append(f"| {m} | {d['kl_range'][0]:.2f}-{d['kl_range'][1]:.2f} | " + " | ".join(cells)
                    + f" | {d['queries_per_run']['mean']:.0f} | {d['samples_per_run']['mean']:.0f} | "
-                   f"{d['seconds_per_run']['mean']:.1f} | {len(d['above_frontier'])} |")
+                   f"{d['sec_per_iter']['mean']:.2f} | {len(d['above_frontier'])} |")
     out.append(f"\nQueries to reach a gold win rate at KL <= {plan['kl_budget']:g} (per seed, best point of the "
                "sweep; inf = not reached)\n")
     out.append("| method | " + " | ".join(f"win >= {w:g}" for w in plan["win_targets"]) + " |")
@@ -586,8 +637,9 @@ def plot_curves(res: dict, path: str) -> str:
         b = fr["best_of_n"]
         ax.plot(b["kl"], b["win_rate"], "k*", ms=8, label="best-of-n of pi_ref (n=2,4,8,16)")
         for m, by in res["sweep"].items():
-            pts = sorted((p["kl"], p["win_rate"]) for p in (by[lab][s] for lab in by))
-            ax.plot(*zip(*pts), "o-", color=_COLORS.get(m), ms=3.5, lw=1.1, label=m)
+            pts = sorted((by[lab][s]["kl"], by[lab][s]["win_rate"]) for lab in by if s in by[lab])
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=_COLORS.get(m), ms=3.5, lw=1.1, label=m)
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_xlim(0, max(4.0, max(p["kl"] for by in res["sweep"].values() for pts in by.values()
                                     for p in pts.values()) * 1.1))
@@ -639,6 +691,7 @@ def main(argv=None):
     p.add_argument("--methods", default=",".join(SWEEPS))
     p.add_argument("--nontransitive_seeds", default="0")
     p.add_argument("--heldout_seed", type=int, default=100)
+    p.add_argument("--reuse_only", action="store_true", help="tables from finished runs only; run nothing new")
     p.add_argument("--stage", default="all", choices=("setup", "runs", "all"),
                    help="setup: set-ups and frontiers; runs: also the lr search and sweeps of --methods (run "
                         "several such processes side by side after one setup); all: everything + tables")
@@ -646,7 +699,7 @@ def main(argv=None):
     ints = lambda s: tuple(int(v) for v in s.split(",") if v.strip())  # noqa: E731
     plan = Plan(seeds=ints(a.seeds), methods=tuple(m.strip() for m in a.methods.split(",") if m.strip()),
                 nontransitive_seeds=ints(a.nontransitive_seeds), stage=a.stage,
-                heldout_seed=a.heldout_seed)
+                heldout_seed=a.heldout_seed, reuse_only=a.reuse_only)
     if a.quick:
         plan = dataclasses.replace(plan, size="quick", seeds=(0,), heldout_seed=1, lrs=(1e-3, 3e-3),
                                    ref_samples=16, ref_opponents=8, exploit_samples=8, nontransitive_seeds=(0,),

@@ -213,9 +213,12 @@ def stamp() -> str:
 
 
 def write_json(path: str, obj) -> str:
+    """Write `obj` as JSON atomically (a temporary file moved into place: readers never see half a file)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
     return path
 
 
