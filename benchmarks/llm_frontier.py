@@ -208,12 +208,14 @@ def point(records, fr: dict) -> dict:
     kl, win = last["eval/kl_to_ref"], last["eval/win_rate_vs_ref"]
     se_w, se_k = last["eval/win_rate_vs_ref_stderr"], last["eval/kl_to_ref_stderr"]
     up, lo = float(frontier_at(fr, kl, "upper")), float(frontier_at(fr, kl, "lower"))
+    # beyond the estimated frontier's last KL (about log M) the frontier is at least its last value
+    floor = float(frontier_at(fr, min(kl, float(np.max(fr["upper"]["kl"]))), "upper")) - win
     dk = 0.02
     slope = float((frontier_at(fr, kl + dk) - frontier_at(fr, max(kl - dk, 0.0))) / (kl + dk - max(kl - dk, 0.0)))
     slope = slope if math.isfinite(slope) else 0.0
     margin = 2.0 * math.sqrt(se_w**2 + float(frontier_se_at(fr, kl)) ** 2 + (slope * se_k) ** 2)
     return {"kl": kl, "win_rate": win, "win_rate_se": se_w, "kl_se": se_k, "gap_upper": up - win,
-            "gap_lower": lo - win, "above_frontier": bool(math.isfinite(up) and win - up > margin),
+            "gap_lower": lo - win, "gap_floor": floor, "above_frontier": bool(math.isfinite(up) and win - up > margin),
             "margin": margin, "queries": last["counts/queries"], "samples": last["counts/samples"],
             "sec_per_iter": _warm_seconds(records),
             "trajectory": [(r["iteration"], r["counts/queries"], r["eval/kl_to_ref"], r["eval/win_rate_vs_ref"])
@@ -252,12 +254,28 @@ def queries_to_reach(points: list[dict], win: float, kl_budget: float) -> float:
     return best
 
 
+def _run_name(method: str, label: str, lr: float) -> str:
+    return f"{method}_{label}_lr{lr:g}".replace(" ", "_").replace("=", "")
+
+
+def _sweep_lrs(root: str, method: str, heldout_seed: int) -> list[float]:
+    """Learning rates of the finished-or-started sweep runs of `method` on disk (seeds other than the held-out)."""
+    import glob
+    lrs = set()
+    for label, _ in SWEEPS[method]:
+        prefix = _run_name(method, label, 1.0).rsplit("_lr", 1)[0] + "_lr"
+        for d in glob.glob(os.path.join(root, "runs", prefix + "*", "seed*")):
+            if os.path.basename(d) != f"seed{heldout_seed}":
+                lrs.add(float(os.path.basename(os.path.dirname(d))[len(prefix):]))
+    return sorted(lrs)
+
+
 def choose_lr(per_lr: dict[float, dict]) -> float:
-    """The lr whose point lies closest below the frontier (gap_upper), among points with KL >= 0.1;
-    if none moves that far, the lr with the largest KL."""
+    """The lr whose point lies closest below the frontier (gap_floor: the gap, or its lower bound beyond the
+    frontier's KL range), among points with KL >= 0.1; if none moves that far, the lr with the largest KL."""
     moving = {lr: p for lr, p in per_lr.items() if p["kl"] >= 0.1}
     if moving:
-        return min(moving, key=lambda lr: moving[lr]["gap_upper"])
+        return min(moving, key=lambda lr: moving[lr]["gap_floor"])
     return max(per_lr, key=lambda lr: per_lr[lr]["kl"])
 
 
@@ -286,8 +304,7 @@ def _run(root, method, seed, size, setup, lr, overrides, lang_over=None, keep_po
          label="", reuse_only=False):
     """One run (reused when finished, unless its final policy is needed); None if reuse_only and unfinished."""
     prompts = R.prompts_for_budget(method, "queries", size.base_prompts, int(overrides.get("num_samples", 0)))
-    name = f"{method}_{label}_lr{lr:g}".replace(" ", "_").replace("=", "")
-    run_dir = os.path.join(root, sub, name, f"seed{seed}")
+    run_dir = os.path.join(root, sub, _run_name(method, label, lr), f"seed{seed}")
     if not keep_policy:
         done = finished_records(run_dir, size.num_iterations)
         if done is not None or reuse_only:
@@ -385,6 +402,11 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
             log(f"[llm_frontier] {m}: learning-rate search unfinished; left out")
             continue
         chosen[m] = choose_lr(per_lr)
+        used = _sweep_lrs(root, m, plan.heldout_seed)
+        if plan.stage == "all" and len(used) == 1 and used[0] != chosen[m]:
+            log(f"[llm_frontier] {m}: the sweep runs on disk used lr {used[0]:g}, the rule now picks "
+                f"{chosen[m]:g}; keeping the runs' lr")
+            chosen[m] = used[0]
         lr_search[m] = {"at": label, "points": {str(lr): {k: v for k, v in p.items() if k != "trajectory"}
                                                 for lr, p in per_lr.items()}, "chosen": chosen[m]}
         log(f"[llm_frontier] lr {m} at {label}: " + ", ".join(

@@ -122,6 +122,9 @@ def test_queries_to_reach_and_lr_choice():
     still = LF.point(_records([(1, 64, 0.01, 0.5)]), fr)   # gap 0.001 but it does not move
     assert LF.choose_lr({1e-3: still, 3e-3: slow, 1e-2: greedy}) == 3e-3   # gaps 0.001 (KL < 0.1) / 0.010 / 0.130
     assert LF.choose_lr({1e-3: still}) == 1e-3
+    far = LF.point(_records([(1, 64, 5.0, 0.79)]), fr)   # beyond the frontier's last KL (3, win 0.8)
+    assert math.isnan(far["gap_upper"]) and far["gap_floor"] == pytest.approx(0.01)
+    assert LF.choose_lr({1e-3: greedy, 3e-3: far}) == 3e-3   # its gap is at least 0.01 < 0.13
 
 
 def test_gold_matrix_matches_pairwise_gold_calls():
