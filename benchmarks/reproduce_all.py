@@ -1,7 +1,7 @@
 """Regenerate every result figure of the project with one command (`make figures`):
 
   contextual_bandit/   Figure-1 analog on exact tabular games  (experiments.contextual_bandit)
-  bandit/              sample efficiency with function approx. (experiments.bandit_sample_efficiency)
+  bandit/              Alg. 3 vs baselines on contextual bandits, tuned per method (benchmarks.bandit_study)
   llm_table/           Table-1 analog, equal query and sample budgets, 3 seeds (benchmarks.llm_table)
   figure2/             Figure-2 analog, per-iteration time split (benchmarks.figure2)
 
@@ -33,7 +33,7 @@ def _commands(stage: str, tmp: str, work: str, size: str) -> tuple[list[list[str
     if stage == "contextual_bandit":
         return [py + ["experiments.contextual_bandit", f"--out_dir={tmp}"]], []
     if stage == "bandit":
-        return [py + ["experiments.bandit_sample_efficiency", f"--out_dir={tmp}"]], []
+        return [py + ["benchmarks.bandit_study", f"--out_dir={tmp}"]], []
     if stage == "llm_table":
         return ([py + ["benchmarks.llm_table", f"--out_dir={work}", f"--size={size}"]],
                 [os.path.join(work, size, "table.*"), os.path.join(work, size, "frontier.png")])

@@ -91,8 +91,9 @@ def decode_params(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, 
         raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    return DecodeParams(jnp.float32(temperature if temperature > 0 else 1.0), jnp.int32(top_k),
-                        jnp.float32(top_p), jnp.bool_(greedy))
+    # NumPy scalars: jit traces them without an eager device program per value
+    return DecodeParams(np.float32(temperature if temperature > 0 else 1.0), np.int32(top_k),
+                        np.float32(top_p), np.bool_(greedy))
 
 
 def process_logits(logits: Array, temperature, top_k, top_p) -> Array:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -251,8 +251,3 @@ def initialize(
         jax.distributed.initialize(**kwargs)
         return True
     return False
-
-
-def describe(mesh: Mesh) -> Mapping[str, int]:
-    """Mesh axis sizes as a plain dict (for logs)."""
-    return dict(mesh.shape)

@@ -42,7 +42,8 @@ def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
         learning_rate_final=-1.0, schedule="constant", loss_hparams="", optimizer="adamw",
         max_grad_norm=1.0, reset_optimizer=True, anchor_ema=0.1, oracle_mode="prob",
         max_new_tokens=7, temperature=1.0, eval_prompts=256, eval_samples_per_prompt=2,
-        checkpoint_every_steps=0, max_to_keep=2, async_checkpoint=True))
+        checkpoint_every_steps=0, max_to_keep=2, async_checkpoint=True,
+        lora_rank=0, lora_alpha=16.0, lora_targets="q_proj,v_proj"))   # lora_rank > 0: LoRA fine-tuning
 
     # synthetic task
     c.language = ml_collections.ConfigDict(dict(

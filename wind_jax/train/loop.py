@@ -314,14 +314,19 @@ class _Prep:
 def _prepare(prep: _Prep, ref_state, anchor_state, prompt, prompt_mask, resp, resp_mask, lp, pref, key):
     """Outcomes -> the method's rows -> the iteration batch with frozen log-probs (one jitted program).
 
-    prompt [B, Tp]; resp / resp_mask [B, S, Tn] (all draws concatenated); lp [B, S] each sample's log-prob
-    under the model it was drawn from; pref [B, Q] P(pair[0] beats pair[1])."""
+    prompt [B, Tp]; resp / resp_mask / lp: one entry per draw, [B, N_d, Tp + Tn] rollouts and [B, N_d] each
+    sample's log-prob under the model it was drawn from (concatenated here into the sample axis);
+    pref [B, Q] P(pair[0] beats pair[1])."""
     method = methods_lib.get_method(prep.method)
+    tp = prompt.shape[1]
+    resp = jnp.concatenate([r[:, :, tp:] for r in resp], axis=1)
+    resp_mask = jnp.concatenate([m[:, :, tp:] for m in resp_mask], axis=1)
+    lp = jnp.concatenate(lp, axis=1)
     hp = dict(prep.hparams)
     if prep.sample_mode:
         pref = jax.random.bernoulli(key, pref).astype(jnp.float32)
     rows = method.assemble(pref, prep.n, hp)
-    b, tp = prompt.shape
+    b = prompt.shape[0]
     tn = resp.shape[2]
     batch: dict[str, Any] = {"tokens": {}, "response_mask": {}, "attention_mask": {}}
     own = {}
@@ -504,8 +509,7 @@ class AlignmentLoop:
         out = sample_state(self.policy_graphdef, state, prompts.tokens, prompts.mask, key, num_samples=n,
                            max_new_tokens=self.cfg.max_new_tokens, temperature=temperature,
                            eos_token_id=self.cfg.eos_token_id, pad_token_id=self.cfg.pad_token_id, mesh=self.mesh)
-        tp = prompts.tokens.shape[1]
-        return out.tokens[:, :, tp:], out.response_mask[:, :, tp:], out.logprobs
+        return out.tokens, out.response_mask, out.logprobs   # [B, N, Tp + Tn]: sliced inside jitted programs
 
     def _judge(self, oracle: PreferenceOracle, prompts_local: np.ndarray, pmask_local: np.ndarray,
                resp: np.ndarray, rmask: np.ndarray, pairs, *, where: str, count: bool = True) -> np.ndarray:
@@ -555,15 +559,17 @@ class AlignmentLoop:
         for d, (source, count) in enumerate(method.counts(cfg.n)):
             parts.append(self._rollout(models[source], prompts, count, _host_key(cfg.seed, t, 0, d),
                                        cfg.temperature))
-        resp, rmask, lp = (parts[0][i] if len(parts) == 1 else jnp.concatenate([p[i] for p in parts], axis=1)
-                           for i in range(3))
+        resp, rmask, lp = (tuple(p[i] for p in parts) for i in range(3))
+        tp = prompts.tokens.shape[1]
+        host_resp = np.concatenate([_local_rows(r)[:, :, tp:] for r in resp], axis=1)
+        host_mask = np.concatenate([_local_rows(m)[:, :, tp:] for m in rmask], axis=1)
         self.counters["samples"] += cfg.samples_per_prompt * cfg.prompts_per_iteration
         jax.block_until_ready(lp)
         timer.add("time/sampling", time.perf_counter() - t0)
 
         t0 = time.perf_counter()
         pref_local = self._judge(self.oracle, _local_rows(prompts.tokens), _local_rows(prompts.mask),
-                                 _local_rows(resp), _local_rows(rmask), method.pairs(cfg.n),
+                                 host_resp, host_mask, method.pairs(cfg.n),
                                  where=f"iteration {t}")
         self.counters["queries"] += cfg.queries_per_prompt * cfg.prompts_per_iteration
         pref = sharding.shard_host_batch(pref_local, self.mesh)
@@ -574,7 +580,7 @@ class AlignmentLoop:
                 _host_key(cfg.seed, t, 1))
         batch = self._prepare_fn(self._prep(t), args)(*args)
         jax.block_until_ready(batch)
-        timer.add("time/batch", time.perf_counter() - t0)
+        timer.add("time/logprobs", time.perf_counter() - t0)  # batch program: rows + frozen log-probs
         return batch
 
     # ---------------------------------------------------------------------------- evaluation
@@ -588,11 +594,12 @@ class AlignmentLoop:
         ref, ref_mask, _ = self._rollout(self.ref_state, prompts, n, _host_key(cfg.seed, t, 2, 1), 1.0)
         lp_ref = self._eval_ref_logprobs(prompts, pol, pol_mask)
         kl = _gathered(lp_pol).reshape(-1) - _gathered(lp_ref).reshape(-1)
+        tp = prompts.tokens.shape[1]
         out = {"eval/kl_to_ref": float(np.mean(kl)), "eval/kl_to_ref_stderr": float(np.std(kl) / np.sqrt(kl.size)),
-               "eval/response_length": float(np.mean(_gathered(pol_mask).sum(-1)))}
+               "eval/response_length": float(np.mean(_gathered(pol_mask)[:, :, tp:].sum(-1)))}
         if self.eval_oracle is not None:
-            both = np.concatenate([_local_rows(pol), _local_rows(ref)], axis=1)
-            both_mask = np.concatenate([_local_rows(pol_mask), _local_rows(ref_mask)], axis=1)
+            both = np.concatenate([_local_rows(pol)[:, :, tp:], _local_rows(ref)[:, :, tp:]], axis=1)
+            both_mask = np.concatenate([_local_rows(pol_mask)[:, :, tp:], _local_rows(ref_mask)[:, :, tp:]], axis=1)
             p = self._judge(self.eval_oracle, _local_rows(prompts.tokens), _local_rows(prompts.mask), both,
                             both_mask, tuple((i, n + i) for i in range(n)), where=f"evaluation {t}", count=False)
             p = _gathered(sharding.shard_host_batch(p, self.mesh))
@@ -609,12 +616,11 @@ class AlignmentLoop:
         graphdef, mesh = self.policy_graphdef, self.mesh
 
         def lp(state, pt, pm, r, rm):
-            b, n, tn = r.shape
-            tp = pt.shape[1]
-            rep = lambda x: jnp.repeat(x, n, axis=0)  # noqa: E731
-            batch = {"tokens": {"y": jnp.concatenate([rep(pt), r.reshape(b * n, tn)], 1)},
-                     "response_mask": {"y": jnp.concatenate([jnp.zeros((b * n, tp), bool), rm.reshape(b * n, tn)], 1)},
-                     "attention_mask": {"y": jnp.concatenate([rep(pm), rm.reshape(b * n, tn)], 1)}}
+            b, n, t = r.shape
+            tn = t - pt.shape[1]
+            batch = {"tokens": {"y": r.reshape(b * n, t)}, "response_mask": {"y": rm.reshape(b * n, t)},
+                     "attention_mask": {"y": jnp.concatenate([jnp.repeat(pm, n, axis=0), rm.reshape(b * n, t)[:, -tn:]],
+                                                             axis=1)}}
             out = policy_outputs(nnx.merge(graphdef, state), batch, ("y",), response_width=tn)["y"]
             return jax.lax.stop_gradient(out).reshape(b, n)
 
@@ -677,11 +683,13 @@ class AlignmentLoop:
     def _batch_template(self):
         """Shapes and shardings of an iteration batch (for restoring a mid-iteration checkpoint)."""
         cfg = self.cfg
-        b, s, tn = cfg.prompts_per_iteration, cfg.samples_per_prompt, cfg.max_new_tokens
+        b, tn = cfg.prompts_per_iteration, cfg.max_new_tokens
         tp = self.prompts.get(0, 1).tokens.shape[1]
         sds = jax.ShapeDtypeStruct
+        counts = [c for _, c in self.method.counts(cfg.n)]
         args = (self.ref_state, self.anchor_state, sds((b, tp), jnp.int32), sds((b, tp), bool),
-                sds((b, s, tn), jnp.int32), sds((b, s, tn), bool), sds((b, s), jnp.float32),
+                tuple(sds((b, c, tp + tn), jnp.int32) for c in counts), tuple(sds((b, c, tp + tn), bool) for c in counts),
+                tuple(sds((b, c), jnp.float32) for c in counts),
                 sds((b, cfg.queries_per_prompt), jnp.float32), jax.eval_shape(lambda: _host_key(0, 0)))
         prep = self._prep(0)
         shapes = jax.eval_shape(lambda *a: _prepare(prep, *a), *args)

@@ -62,7 +62,8 @@ class PreferenceOracle:
     def probability(self, prompt: Tokens, a: Tokens, b: Tokens, *, count: bool = True) -> jax.Array:
         """P(a beats b | prompt), float32 [B]; counts B queries unless count=False."""
         _check_pair(prompt, a, b)
-        p = jnp.asarray(self._prob(prompt, a, b), jnp.float32)
+        p = self._prob(prompt, a, b)
+        p = p if getattr(p, "dtype", None) == jnp.float32 else jnp.asarray(p, jnp.float32)
         if count:
             self.num_queries += int(a.tokens.shape[0])
         return p
@@ -120,8 +121,8 @@ class HeadOracle(PreferenceOracle):
 
     def _prob(self, prompt, a, b):
         p = self._fn(prompt, a, b)
-        if self.symmetrize:
-            p = 0.5 * (p + 1.0 - self._fn(prompt, b, a))
+        if self.symmetrize:  # on the host: no eager device program per call
+            p = 0.5 * (np.asarray(p, np.float32) + 1.0 - np.asarray(self._fn(prompt, b, a), np.float32))
         return p
 
 

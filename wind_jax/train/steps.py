@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wind_jax import losses, sharding
 from wind_jax.models import Transformer
+from wind_jax.models.heads import PolicyWithOffset
 
 Array = jax.Array
 Batch = Mapping[str, Any]
@@ -127,26 +128,6 @@ def init_optimizer_state(optimizer: optax.GradientTransformation, state, mesh: M
 
 
 # ------------------------------------------------------------------------------- policy outputs (log-probs)
-
-
-class PolicyWithOffset(nnx.Module):
-    """A policy plus the learned per-prompt offset b(x) of wind_sq_offset / wind_nce (MATH.md, Alg. 3).
-
-    b(x) is a linear scalar head on the final hidden state of the last prompt token (zero-initialized).
-    """
-
-    def __init__(self, policy: Transformer, *, rngs: nnx.Rngs):
-        self.policy = policy
-        d = policy.config.hidden_size
-        self.offset_head = nnx.Linear(d, 1, kernel_init=nnx.initializers.zeros, rngs=rngs,
-                                      kernel_metadata={"out_sharding": ("embed", None), "eager_sharding": False},
-                                      bias_metadata={"eager_sharding": False})
-
-    def offset(self, hidden: Array, response_mask: Array) -> Array:
-        """b(x) [B] float32 from hidden [B, T, D] at the position just before the first response token."""
-        last_prompt = jnp.maximum(jnp.argmax(response_mask.astype(jnp.int32), axis=1) - 1, 0)
-        h = jnp.take_along_axis(hidden, last_prompt[:, None, None], axis=1)[:, 0]
-        return self.offset_head(h.astype(jnp.float32))[:, 0].astype(jnp.float32)
 
 
 def _split_module(module) -> tuple[Transformer, PolicyWithOffset | None]:

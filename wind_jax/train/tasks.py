@@ -19,6 +19,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from wind_jax import sharding
@@ -38,6 +39,7 @@ def loop_config(c) -> LoopConfig:
     for k in ("beta_final", "eta_final", "learning_rate_final"):
         if d[k] is not None and d[k] < 0:
             d[k] = None
+    d["lora_targets"] = tuple(t.strip() for t in str(d.get("lora_targets", "q_proj,v_proj")).split(",") if t.strip())
     hp = []
     for item in filter(None, (s.strip() for s in str(d.pop("loss_hparams") or "").split(","))):
         if "=" not in item:
@@ -96,35 +98,44 @@ def _head_step(graphdef, lang, batch_size, soft_targets, tx, state, opt, key):
     return reward_step(graphdef, state, opt, batch, optimizer=tx)
 
 
-def _fit(make_model, step, tx, steps: int, key, mesh):
-    """Initialize `make_model()` (one jitted program) and run `steps` jitted updates; -> (module, metrics)."""
-    graphdef, state = sharding.create_sharded_state(make_model, mesh)
-    opt = jax.jit(tx.init)(nnx.split_state(state, nnx.Param, ...)[0])
+def _fit(make_model, step, tx, steps: int, seed: int):
+    """Initialize `make_model()` and its optimizer (one jitted program) and run `steps` jitted updates
+    (keys derived on the host); -> (module, metrics of the last step)."""
+    graphdef = nnx.split(nnx.eval_shape(make_model))[0]
+
+    @jax.jit
+    def init():
+        state = nnx.split(make_model())[1]
+        return state, tx.init(nnx.split_state(state, nnx.Param, ...)[0])
+
+    state, opt = init()
     metrics = None
     for i in range(steps):
-        state, opt, metrics = step(graphdef, state, opt, jax.random.fold_in(key, i))
+        state, opt, metrics = step(graphdef, state, opt, _key(seed, i))
     return nnx.merge(graphdef, state), metrics
 
 
-def pretrain_policy(c, lang, key, mesh):
+def _key(*path: int):
+    return jax.random.wrap_key_data(np.random.default_rng(list(path)).integers(0, 2**32, 2, dtype=np.uint32))
+
+
+def pretrain_policy(c, lang, seed: int):
     """Maximum likelihood on the reference process (the bon_distill loss = NLL of the response)."""
-    seed = int(jax.random.randint(key, (), 0, 2**30))
     tx = _adamw(float(c.pretrain.learning_rate))
     model, m = _fit(lambda: Transformer(model_config(c, lang), rngs=nnx.Rngs(seed)),
                     lambda g, s, o, k: _pretrain_step(g, lang, int(c.pretrain.batch_size), tx, s, o, k),
-                    tx, c.pretrain.steps, key, mesh)
+                    tx, c.pretrain.steps, seed)
     return model, float(m["loss"]) if m is not None else float("nan")
 
 
-def train_head(c, lang, key, mesh):
+def train_head(c, lang, seed: int):
     """Pairwise preference head (wind_jax.models.PreferenceHead) from gold comparisons of reference-process
     responses (soft targets P_gold, or Bernoulli outcomes)."""
-    seed = int(jax.random.randint(key, (), 0, 2**30))
     tx = _adamw(float(c.head.learning_rate))
     head, _ = _fit(lambda: PreferenceHead(model_config(c, lang), rank=c.head.rank, rngs=nnx.Rngs(seed)),
                    lambda g, s, o, k: _head_step(g, lang, int(c.head.batch_size), bool(c.head.soft_targets), tx,
                                                  s, o, k),
-                   tx, c.head.steps, key, mesh)
+                   tx, c.head.steps, seed)
     return head
 
 
@@ -160,11 +171,9 @@ def head_prob_fn(head: PreferenceHead):
     return lambda p, a, b: _head_prob(graphdef, state, p.tokens, p.mask, a.tokens, a.mask, b.tokens, b.mask)
 
 
-def synthetic_setup(c, out_dir, mesh=None):
+def synthetic_setup(c, out_dir):
     """(lang, reference policy, head, info), cached in <out_dir>/setup (deterministic from the config)."""
-    mesh = mesh if mesh is not None else sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     lang = language(c)
-    key = jax.random.key(c.seed)
     setup_cfg = {k: c.to_dict()[k] for k in ("seed", "language", "model", "pretrain", "head")}
     ck = Checkpointer(os.path.join(out_dir, "setup"), config=setup_cfg, max_to_keep=1, async_save=False)
     mcfg = model_config(c, lang)
@@ -180,9 +189,9 @@ def synthetic_setup(c, out_dir, mesh=None):
     else:
         print(f"[setup] pre-training the base policy ({c.pretrain.steps} steps) and the preference head "
               f"({c.head.steps} steps); cached in {os.path.join(out_dir, 'setup')}", flush=True)
-        policy, nll = pretrain_policy(c, lang, jax.random.fold_in(key, 1), mesh)
-        head = train_head(c, lang, jax.random.fold_in(key, 2), mesh)
-        info = {"pretrain_nll": nll, "head_accuracy": head_accuracy(head, lang, jax.random.fold_in(key, 3))}
+        policy, nll = pretrain_policy(c, lang, c.seed * 1000 + 1)
+        head = train_head(c, lang, c.seed * 1000 + 2)
+        info = {"pretrain_nll": nll, "head_accuracy": head_accuracy(head, lang, _key(c.seed, 3))}
         ck.save(0, {"policy": named(nnx.split(policy)[1]), "head": named(nnx.split(head)[1])}, {"info": info})
     ck.close()
     return lang, policy, head, info
