@@ -219,13 +219,15 @@ def main(argv=None):
         print(f"  (scanned program: arguments {arg_gib:.2f} GiB, temporaries {temp_gib:.2f} GiB, compile "
               f"{compile_s:.1f} s; now the 1- and 2-layer unrolled compiles for the FLOP count)", flush=True)
         cost, cost_source = _layer_extrapolated_cost(args, config, mesh_shape, lower, cost)
+    elif config.scan_layers and config.num_layers > 2:
+        cost, cost_source = {}, "not computed (scanned: XLA counts the loop body once; see --layer-costs)"
     flops = float(cost.get("flops", 0.0))
     bytes_accessed = float(cost.get("bytes accessed", 0.0))
     est_s = cost.get("optimal_seconds")
     est_source = cost_source + " (optimal_seconds)"
     if est_s is None or float(est_s) <= 0:
         est_s = None
-        if chip is not None:  # roofline of the compiler's counts
+        if chip is not None and flops > 0:  # roofline of the compiler's counts
             est_s = max(flops / chip.peak_bf16_flops, bytes_accessed / chip.hbm_bytes_per_s)
             est_source = f"roofline of the {cost_source} flops / bytes"
     n = config.num_params
@@ -247,7 +249,7 @@ def main(argv=None):
         model_flops = 6.0 * n * tokens / chips
         out.update({"mode": "train", "method": args.method, "batch": args.batch, "length": args.length,
                     "tokens": tokens, "model_flops_per_chip": model_flops,
-                    "flops_ratio": flops / model_flops if model_flops else None,
+                    "flops_ratio": flops / model_flops if flops else None,
                     "estimated_mfu": (model_flops / (est_s * chip.peak_bf16_flops)) if (chip and est_s) else None})
     report(out)
     if args.json:
@@ -290,6 +292,8 @@ def _layer_extrapolated_cost(args, config, mesh_shape, lower, fallback):
     cost = {k: c1[k] + extra * (c2[k] - c1[k]) for k in c1 if k in c2 and k != "optimal_seconds"}
     if "optimal_seconds" in c1 and "optimal_seconds" in c2 and "v5p" not in source:
         cost["optimal_seconds"] = c1["optimal_seconds"] + extra * (c2["optimal_seconds"] - c1["optimal_seconds"])
+    if any(c2[k] <= c1[k] for k in cost):  # a second layer that costs nothing: not linear, do not guess
+        return {}, f"not computed (1- and 2-layer costs not increasing: {c1} -> {c2}; use --no-scan-layers)"
     return cost, source
 
 
@@ -315,8 +319,9 @@ def report(o):
         print(f"  ESTIMATED step time {1e3 * o['estimated_step_s']:.1f} ms ({o['estimate_source']}; an estimate "
               "of XLA's cost model, not a measurement)")
     if o["mode"] == "train":
-        print(f"  6 N tokens / chips = {o['model_flops_per_chip']:.3e}; compiler / model FLOPs = "
-              f"{o['flops_ratio']:.2f}")
+        if o["flops_ratio"] is not None:
+            print(f"  6 N tokens / chips = {o['model_flops_per_chip']:.3e}; compiler / model FLOPs = "
+                  f"{o['flops_ratio']:.2f}")
         if o["estimated_mfu"] is not None:
             print(f"  ESTIMATED MFU {100 * o['estimated_mfu']:.1f}%")
     elif o["hbm_bound_s"] is not None:
