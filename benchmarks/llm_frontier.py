@@ -432,6 +432,9 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
                     f"gap {p['gap_upper']:+.3f} / {p['gap_lower']:+.3f} ({time.time() - t:.0f} s){flag}")
             if pts:
                 sweep[m][label] = pts
+        if not sweep[m]:
+            log(f"[llm_frontier] {m}: no finished sweep run; left out")
+            del sweep[m]
     res["sweep"] = sweep
     res["chosen_lr"] = chosen
     res["frontiers"] = {str(s): f for s, f in frontiers.items()}
@@ -449,7 +452,7 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
     with open(os.path.join(root, "comparison.md"), "w") as f:
         f.write(md)
     plot_curves(res, os.path.join(root, "curves.png"))
-    if "nontransitive" in res:
+    if res.get("nontransitive", {}).get("seeds"):
         plot_nontransitive(res, os.path.join(root, "nontransitive.png"))
     log(md)
     return res
@@ -535,7 +538,7 @@ def run_nontransitive(root, plan: Plan, size, chosen, log) -> dict:
         rows = {m: nontransitive_method(root, plan, size, s, m, chosen.get(m, 0.0), log)
                 for m in ("pi_ref", *chosen)}
         rows = {m: r for m, r in rows.items() if r is not None}
-        if plan.stage == "runs":
+        if plan.stage == "runs" or len(rows) < 2:
             continue
         c, lang, *_ = R.load_setup(nroot, s, size, NONTRANSITIVE)
         prompts = eval_prompts(lang, s, size.eval_prompts)
@@ -611,7 +614,7 @@ def format_results(res: dict) -> str:
                                                    f"{' ABOVE' if p['above_frontier'] else ''}"
                                                    for s, p in pts.items()))
     nt = res.get("nontransitive")
-    if nt:
+    if nt and nt["seeds"]:
         out.append(f"\nNon-transitive variant {res['nontransitive_language']}: exploitability proxy = gold win "
                    f"rate vs pi_T of pi_T's best tilt at KL {plan['exploit_kl']:g} (upper / lower; lower is "
                    "better); win / KL vs pi_ref; gap below its frontier\n")
