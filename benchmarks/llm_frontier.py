@@ -522,6 +522,7 @@ def nontransitive_method(root, plan: Plan, size, s: int, m: str, lr: float, log)
     p["exploitability"] = exploitability(pol, lang, prompts, jax.random.key(3000 + s), plan.exploit_samples,
                                          plan.exploit_kl)
     toks, mask = draw(pol, lang, prompts, plan.tournament_samples, jax.random.key(4000 + s))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     np.savez(path[:-5] + "_draws.npz", tokens=toks, mask=mask)
     R.write_json(path, p)
     log(f"[llm_frontier] non-transitive seed {s} {m:15s}: kl {p['kl']:.3f} win {p['win_rate']:.3f} "
