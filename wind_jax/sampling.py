@@ -46,6 +46,14 @@ from wind_jax.models.transformer import CACHE_AXES, KVCache, Transformer
 Array = jax.Array
 
 
+class Tokens(NamedTuple):
+    """A padded batch of token sequences: tokens [B, T] int32, mask [B, T] bool (True = real token); prompts
+    are left-padded, responses right-padded (the oracles and the loop pass sequences this way)."""
+
+    tokens: Array
+    mask: Array
+
+
 class SampleOutput(NamedTuple):
     tokens: Array
     prompt_mask: Array

@@ -23,12 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-class Tokens(NamedTuple):
-    """A padded batch of token sequences: tokens [B, T] int32, mask [B, T] bool (True = real token)."""
-
-    tokens: jax.Array
-    mask: jax.Array
+from wind_jax.sampling import Tokens
 
 
 class Preference(NamedTuple):
