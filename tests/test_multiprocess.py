@@ -1,6 +1,7 @@
-"""Two jax.distributed CPU processes on localhost (2 fake devices each, a (2, 2, 1) mesh over 4 devices)
-run policy steps on a global batch split across processes; both must end with identical params, equal to
-a single-process run on 4 devices with the same global batches."""
+"""Two jax.distributed CPU processes on localhost: (1) policy steps on a global batch split across processes
+(2 fake devices each, a (2, 2, 1) mesh) end with identical params, equal to one process on 4 devices; (2) the
+outer loop, each process sampling and judging its own prompts (4 fake devices each), ends where one process
+on 8 devices ends."""
 import os
 import socket
 import subprocess
@@ -22,24 +23,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_end_with_identical_params(tmp_path):
-    port, outs = free_port(), [str(tmp_path / f"p{i}.npz") for i in range(2)]
+def run_processes(script: str, extra_args, *, n: int = 2, timeout: int):
+    """Run tests/<script> PROCESS_ID N PORT *extra_args(i) as n jax.distributed processes; assert they succeed."""
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multiprocess_worker.py"), str(i), "2",
-                               str(port), outs[i]], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", script), str(i), str(n), str(port),
+                               *extra_args(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(n)]
     logs = []
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=400)[0].decode(errors="replace"))
+            logs.append(p.communicate(timeout=timeout)[0].decode(errors="replace"))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_identical_params(tmp_path):
+    outs = [str(tmp_path / f"p{i}.npz") for i in range(2)]
+    run_processes("multiprocess_worker.py", lambda i: [outs[i]], timeout=400)
     a, b = (dict(np.load(o)) for o in outs)
     assert a.keys() == b.keys()
     for k in a:
@@ -62,23 +69,8 @@ def test_loop_two_processes_equals_one(tmp_path):
     devices, each sampling and judging its own half of the prompts, ends with the params and win rates of one
     process on 8 devices."""
     import multiprocess_loop_worker as loop_worker
-    port, result = free_port(), str(tmp_path / "result.npz")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    out = str(tmp_path / "two")
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multiprocess_loop_worker.py"), str(i), "2",
-                               str(port), out, result], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i in range(2)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=900)[0].decode(errors="replace"))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    result = str(tmp_path / "result.npz")
+    run_processes("multiprocess_loop_worker.py", lambda i: [str(tmp_path / "two"), result], timeout=900)
     got = dict(np.load(result))
     loop = loop_worker.make_loop(str(tmp_path / "one"), sharding.make_mesh((8, 1, 1)))
     res = loop.run()
