@@ -1,12 +1,14 @@
-"""Llama-family policy (Flax NNX), reward / preference heads, Hugging Face / GGUF checkpoints, tokenizer."""
+"""Llama-family policy (Flax NNX), reward / preference heads, LoRA, Hugging Face / GGUF checkpoints, tokenizer."""
 from wind_jax.models.attention import AttentionMask, attention
 from wind_jax.models.config import LlamaConfig, rope_inv_frequencies
 from wind_jax.models.heads import (
+    PolicyWithOffset,
     PreferenceHead,
     RewardHead,
     bradley_terry_loss,
     last_token_index,
     pool_last,
+    reward_prob_fn,
 )
 from wind_jax.models.transformer import (
     CACHE_AXES,
@@ -17,7 +19,9 @@ from wind_jax.models.transformer import (
     sequence_logprobs,
     token_logprobs,
 )
-from wind_jax.models.convert import export_hf, import_gguf, import_hf, load_gguf
+from wind_jax.models.convert import (export_hf, import_gguf, import_hf, import_reward_model, load_gguf,
+                                     write_generation_config)
+from wind_jax.models.lora import LORA, LoraTransformer, apply_lora, lora_state, merge_lora
 from wind_jax.models.tokenizer import Tokenizer
 
 __all__ = [
@@ -34,6 +38,8 @@ __all__ = [
     "token_logprobs",
     "RewardHead",
     "PreferenceHead",
+    "PolicyWithOffset",
+    "reward_prob_fn",
     "bradley_terry_loss",
     "last_token_index",
     "pool_last",
@@ -42,4 +48,11 @@ __all__ = [
     "import_gguf",
     "import_hf",
     "load_gguf",
+    "import_reward_model",
+    "write_generation_config",
+    "LORA",
+    "LoraTransformer",
+    "apply_lora",
+    "lora_state",
+    "merge_lora",
 ]

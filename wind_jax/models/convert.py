@@ -9,6 +9,9 @@ stacked on the leading "layers" axis, see transformer.py).
                                                   written to a temporary directory and renamed into place
   import_gguf(path) -> (config, model)            dequantized; Q/K rows un-permuted to rotate_half RoPE
   read_gguf(path) -> (hf_config_dict, hf_tensors) the GGUF file as HF config + HF-named float32 tensors
+  write_generation_config(directory, tokenizer)   generation_config.json: eos = the end-of-turn ids
+  import_reward_model(directory) -> (config, head) a LlamaForSequenceClassification (num_labels 1) as a
+                                                  RewardHead on the wind_jax backbone
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ padding) and compute their outputs in float32.
   i.e. sigmoid of a skew-symmetric matrix (MATH.md "General (non-transitive) case: P = sigmoid(A)").
   s(b, a) = -s(a, b) holds bitwise, so P(a, b) + P(b, a) = 1 and P(a, a) = 1/2 by construction; the
   skew bilinear term can express cycles that no reward can.
+- PolicyWithOffset: a policy plus the learned per-prompt offset b(x) of wind_sq_offset / wind_nce (a
+  linear head on the last prompt token's hidden state; MATH.md Alg. 3).
 """
 from __future__ import annotations
 
