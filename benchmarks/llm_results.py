@@ -1,14 +1,16 @@
-"""Shared machinery of the LLM-alignment results (benchmarks.llm_table: Table-1 analog; benchmarks.figure2:
+"""Shared machinery of the LLM-alignment results (benchmarks.llm_frontier: every method on its own win-rate /
+KL curve against the optimal frontier; benchmarks.llm_table: equal-budget table; benchmarks.figure2:
 Figure-2 analog): size presets, per-method budgets, running experiments.llm_alignment.run in one process
 (equal shapes share compiled programs), reading its metric records, and formatting.
 
 Budgets (MATH.md "Algorithm 3" and "Baselines"; accounting of wind_jax/train/loop.py, per prompt):
   wind_sq, wind_sq_offset, wind_kl, wind_nce   2 samples of pi_t, 1 query (one duel)
   dpo                                         n = 2 samples, n(n-1)/2 = 1 query (round robin)
-  sppo                                        K = 5 samples, K(K-1)/2 = 10 queries
+  sppo, sppo_beta                             K = 5 samples, K(K-1)/2 = 10 queries
   jbond                                       1 sample of pi_t + 2 of the anchor, 3 queries
   bon_distill                                 n = 4 samples, 6 queries
   bonbon                                      n = 8 samples of pi_ref, 28 queries
+(read from the method records of wind_jax.train.methods, so a changed n / K changes the counts)
 An equal QUERY budget Q gives each method floor(Q / queries per prompt) prompts per iteration; an equal
 SAMPLE budget S gives floor(S / samples per prompt). Every method keeps the same optimizer steps per
 iteration. The measured counts are read back from the run's metrics.jsonl and reported next to the plan.

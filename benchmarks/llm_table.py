@@ -1,5 +1,8 @@
-"""Table-1 analog on the synthetic llm_alignment task: every method x seed at an equal preference-QUERY
-budget and at an equal SAMPLE budget per outer iteration (budgets: benchmarks/llm_results.py).
+"""Equal-budget table on the synthetic llm_alignment task: every method x seed at an equal preference-QUERY
+budget and at an equal SAMPLE budget per outer iteration (budgets: benchmarks/llm_results.py), each method
+at ONE setting of its regularizer. Its win rates sit at very different KL to pi_ref, so they do not compare
+the methods; benchmarks.llm_frontier does (each method swept along its own win-rate / KL curve and scored by
+its gap below the optimal frontier), and BENCHMARKS.md quotes that.
 
 Extra rows (--wind_sweep, default 4 (beta, eta) pairs): wind_sq_offset with smaller KL strengths beta and
 larger steps eta at the equal query budget, so that methods can be compared at equal KL to pi_ref
