@@ -20,8 +20,12 @@ Stages (all in one process: equal shapes share compiled programs, and beta / eta
 A point above the frontier's upper curve by more than twice the combined standard error is flagged
 ("above_frontier") and printed: it is a bug to report, not a win.
 
-    python -m benchmarks.llm_frontier --out_dir outputs/llm_frontier              # ~30 min on 2 quiet cores
+    python -m benchmarks.llm_frontier --out_dir outputs/llm_frontier              # everything, one process
     python -m benchmarks.llm_frontier --quick --out_dir /tmp/llm_frontier_quick   # smoke (not a result)
+Side by side (what BENCHMARKS.md quotes: 55 min wall on the shared 2-core CPU at load average 9-16): one
+`--stage=setup` process per group of seeds (--seeds, --heldout_seed, --nontransitive_seeds), then several
+`--stage=runs` processes (each claims whole methods), then `--stage=all --reuse_only` for the tables.
+Runs are compile-dominated on CPU: a method's first run compiles (minutes under load), later ones reuse it.
 
 Writes <out_dir>/<size>/comparison.json, comparison.md, curves.png, nontransitive.png.
 """
