@@ -38,7 +38,7 @@ test-all: test test-slow
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.tabular
 
-# Every result figure (tabular, bandit, LLM Table-1 and Figure-2 analogs) into docs/figures/ (~20 min, 2 cores).
+# Every result figure (tabular, bandit study, LLM frontier comparison, Figure-2 analog) into docs/figures/ (long).
 figures: $(STAMP)
 	$(BIN)/python -m benchmarks.reproduce_all --out_dir docs/figures
 

@@ -2,10 +2,11 @@
 
   contextual_bandit/   Figure-1 analog on exact tabular games  (experiments.contextual_bandit)
   bandit/              Alg. 3 vs baselines on contextual bandits, tuned per method (benchmarks.bandit_study)
-  llm_table/           Table-1 analog, equal query and sample budgets, 3 seeds (benchmarks.llm_table)
+  llm_frontier/        every LLM method on its win-rate/KL curve vs the optimal frontier (benchmarks.llm_frontier)
   figure2/             Figure-2 analog, per-iteration time split (benchmarks.figure2)
 
-    python -m benchmarks.reproduce_all --out_dir docs/figures            # about 20 min on 2 CPU cores
+    python -m benchmarks.reproduce_all --out_dir docs/figures   # not timed end to end; stages took 20-55 min
+                                                                # each on 2 loaded CPU cores (bandit, llm_frontier)
     python -m benchmarks.reproduce_all --only=contextual_bandit,bandit    # a subset
 
 Each stage runs in its own process (a failure names the stage and its log). Heavy run directories
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 
-STAGES = ("contextual_bandit", "bandit", "llm_table", "figure2")
+STAGES = ("contextual_bandit", "bandit", "llm_frontier", "figure2")
 
 
 def _commands(stage: str, tmp: str, work: str, size: str) -> tuple[list[list[str]], list[str]]:
@@ -34,9 +35,9 @@ def _commands(stage: str, tmp: str, work: str, size: str) -> tuple[list[list[str
         return [py + ["experiments.contextual_bandit", f"--out_dir={tmp}"]], []
     if stage == "bandit":
         return [py + ["benchmarks.bandit_study", f"--out_dir={tmp}"]], []
-    if stage == "llm_table":
-        return ([py + ["benchmarks.llm_table", f"--out_dir={work}", f"--size={size}"]],
-                [os.path.join(work, size, "table.*"), os.path.join(work, size, "frontier.png")])
+    if stage == "llm_frontier":
+        return ([py + ["benchmarks.llm_frontier", f"--out_dir={work}"]],
+                [os.path.join(work, "compare", "comparison.*"), os.path.join(work, "compare", "*.png")])
     if stage == "figure2":
         return ([py + ["benchmarks.figure2", f"--out_dir={work}", f"--size={size}", f"--budget={b}"]
                  for b in ("prompts", "queries")],
