@@ -322,6 +322,7 @@ def test_loop_on_a_mesh_equals_one_device(tmp_path, method, mesh_shape, one_devi
     assert (info["param_bytes_per_device"] < total) == (mesh_shape[1] * mesh_shape[2] > 1)
 
 
+@pytest.mark.slow  # a full (tiny) loop run with its own compiles
 def test_a_new_method_is_one_record(tmp_path, monkeypatch):
     """IPO (loss already registered) added as one Method record runs through the loop."""
     from wind_jax.train import methods as M
@@ -367,8 +368,10 @@ class _BadOracle(GoldOracle):
 
 
 @pytest.mark.parametrize("kind,mode,error,match", [
-    ("nan", "prob", FloatingPointError, "non-finite"), ("nan", "sample", FloatingPointError, "non-finite"),
-    ("range", "prob", ValueError, "outside \\[0, 1\\]"), ("short", "sample", ValueError, "shape")])
+    ("nan", "prob", FloatingPointError, "non-finite"),
+    pytest.param("nan", "sample", FloatingPointError, "non-finite", marks=pytest.mark.slow),
+    ("range", "prob", ValueError, "outside \\[0, 1\\]"),
+    pytest.param("short", "sample", ValueError, "shape", marks=pytest.mark.slow)])
 def test_bad_oracle_answers_stop_the_run_before_any_save(tmp_path, kind, mode, error, match):
     loop = _loop(str(tmp_path / kind), "wind_sq", oracle=_BadOracle(kind), oracle_mode=mode)
     with pytest.raises(error, match=match) as e:
@@ -397,6 +400,7 @@ def test_unwritable_checkpoint_directory_is_named(tmp_path):
         _loop(str(out), "wind_sq")
 
 
+@pytest.mark.slow  # a full (tiny) loop run with its own compiles
 def test_lora_run_trains_adapters_only_and_exports_merged(tmp_path):
     """A LoRA wind_sq_offset run: the optimizer holds only adapters (+ offset head), the base weights stay
     bitwise, checkpoints hold the adapters (not the base), and the exported policy is the merged model."""
