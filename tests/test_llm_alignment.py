@@ -88,3 +88,19 @@ def test_wind_raises_gold_win_rate_beyond_seed_spread(tmp_path):
     assert (wins > 0.5).all()
     assert wins.mean() - 0.5 > 2 * wins.std(ddof=1), wins
 
+
+
+def test_real_task_checks_its_inputs_before_loading_the_model(tmp_path):
+    """A missing prompts file is named at once, before the (here unreadable) model file is ever opened."""
+    c = get_config("real")
+    c.out_dir = str(tmp_path / "out")
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"not a gguf file")   # loading it would fail with another error
+    c.real.model_path = str(model)
+    c.real.prompts_jsonl = str(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="missing.jsonl"):
+        tasks.build_loop(c, verbose=False)
+    c.real.prompts_jsonl = ""
+    c.real.model_path = str(tmp_path / "absent.gguf")
+    with pytest.raises(ValueError, match="config.real.model_path: .*absent.gguf does not exist"):
+        tasks.build_loop(c, verbose=False)
