@@ -70,24 +70,39 @@ def test_every_method_runs_with_exact_counts(tmp_path, method):
     assert os.path.exists(tmp_path / "metrics.jsonl")
 
 
-@pytest.mark.slow  # ~2 min on 2 loaded cores (compiles are shared across the seeds)
-def test_wind_raises_gold_win_rate_beyond_seed_spread(tmp_path):
-    """The DEFAULT loop config (reduced pre-training / head: 200 steps each), wind_sq_offset, 3 seeds: the final
-    gold win rate vs pi_ref exceeds 1/2 by more than 2 sample standard deviations across seeds (and every seed
-    is above 1/2)."""
+def _final_gold_win_rates(tmp_path, **loop_overrides):
+    """The DEFAULT loop config (reduced pre-training / head: 200 steps each), wind_sq_offset, seeds 0-2."""
     wins = []
     for seed in range(3):
         c = get_config()
         c.out_dir, c.seed, c.method = str(tmp_path / f"s{seed}"), seed, "wind_sq_offset"
         c.plot = c.tensorboard = False
         c.pretrain.steps, c.head.steps = 200, 200
-        res = llm_alignment.run(c, progress=False)
+        c.loop.update(loop_overrides)
+        res = llm_alignment.run(c, progress=False, verbose=False)
         wins.append([r for r in res.history if r["kind"] == "iteration"][-1]["eval/win_rate_vs_ref"])
     wins = np.asarray(wins)
-    print(json.dumps({"win_rates": wins.tolist()}))
+    print(json.dumps({"win_rates": wins.tolist(), **loop_overrides}))
+    return wins
+
+
+@pytest.mark.slow  # ~2 min on 2 loaded cores (compiles are shared across the seeds)
+def test_wind_raises_gold_win_rate_beyond_seed_spread(tmp_path):
+    """The final gold win rate vs pi_ref exceeds 1/2 by more than 2 sample standard deviations across seeds
+    (and every seed is above 1/2)."""
+    wins = _final_gold_win_rates(tmp_path)
     assert (wins > 0.5).all()
     assert wins.mean() - 0.5 > 2 * wins.std(ddof=1), wins
 
+
+@pytest.mark.slow  # ~4 min on 2 loaded cores
+def test_lora_wind_raises_gold_win_rate_beyond_seed_spread(tmp_path):
+    """The same with LoRA adapters (rank 4 on q, v, up, down; lr 1e-2) instead of full fine-tuning.
+    Measured 0.524 / 0.533 / 0.524 (2026-11-30)."""
+    wins = _final_gold_win_rates(tmp_path, lora_rank=4, lora_alpha=8.0,
+                                 lora_targets="q_proj,v_proj,up_proj,down_proj", learning_rate=1e-2)
+    assert (wins > 0.5).all()
+    assert wins.mean() - 0.5 > 2 * wins.std(ddof=1), wins
 
 
 def test_real_task_checks_its_inputs_before_loading_the_model(tmp_path):
