@@ -155,16 +155,21 @@ def params_to_hf(model: Transformer) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- HF directories
-def read_hf_config(directory: str | os.PathLike, **overrides) -> LlamaConfig:
-    """LlamaConfig from `directory/config.json`; rejects non-Llama architectures by name."""
+def _read_config_json(directory) -> tuple[str, dict]:
+    """(path, parsed `directory/config.json`); FileNotFoundError / ValueError naming the file."""
     path = os.path.join(os.fspath(directory), "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path) as f:
         try:
-            d = json.load(f)
+            return path, json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_hf_config(directory: str | os.PathLike, **overrides) -> LlamaConfig:
+    """LlamaConfig from `directory/config.json`; rejects non-Llama architectures by name."""
+    path, d = _read_config_json(directory)
     model_type = d.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{path}: model_type={model_type!r} is not supported "
@@ -509,14 +514,7 @@ def import_reward_model(directory: str | os.PathLike, **config_overrides):
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"reward model directory not found: {directory}")
-    cfg_path = os.path.join(directory, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"config file not found: {cfg_path}")
-    with open(cfg_path) as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    cfg_path, d = _read_config_json(directory)
     archs = d.get("architectures") or []
     if not any(a in REWARD_ARCHITECTURES for a in archs):
         raise ValueError(f"{cfg_path}: architectures={archs} is not a reward model "
