@@ -427,3 +427,14 @@ def test_lora_run_trains_adapters_only_and_exports_merged(tmp_path):
     from wind_jax.models.convert import import_hf
     _, exported = import_hf(loop.export(str(tmp_path / "hf")))
     np.testing.assert_allclose(np.asarray(exported(tokens)[0]), np.asarray(merged(tokens)[0]), atol=1e-5)
+
+
+@pytest.mark.slow  # three tiny loop runs
+def test_checkpoint_resumes_onto_another_mesh(tmp_path):
+    """Iteration 1 on an (8, 1, 1) mesh, then the same run resumed on (2, 2, 2) for iteration 2, ends where an
+    uninterrupted 2-iteration run on one device ends."""
+    out = str(tmp_path / "moved")
+    _run_loop(_loop(out, "wind_sq", (8, 1, 1), iterations=1, learning_rate=1e-3))
+    moved = _run_loop(_loop(out, "wind_sq", (2, 2, 2), iterations=2, learning_rate=1e-3))
+    one = _run_loop(_loop(str(tmp_path / "one"), "wind_sq", iterations=2, learning_rate=1e-3))
+    _assert_same_run(moved, one)

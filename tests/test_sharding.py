@@ -84,3 +84,14 @@ def test_initialize_single_process_is_noop(monkeypatch):
     with pytest.raises(ValueError, match="num_processes"):
         sharding.initialize(num_processes=0)
     assert jax.process_count() == 1
+
+
+def test_batch_not_divisible_by_the_shards_is_replicated():
+    mesh = sharding.make_mesh((4, 2, 1))
+    assert sharding.batch_spec(2, mesh, size=16) == P(("data", "fsdp"), None)
+    assert sharding.batch_spec(2, mesh, size=3) == P(None, None)
+    batch = {"a": np.zeros((3, 5), np.float32), "b": np.zeros((16,), np.int32)}
+    sh = sharding.batch_shardings(batch, mesh)
+    assert sh["a"].spec == P(None, None) and sh["b"].spec == P(("data", "fsdp"))
+    g = sharding.shard_host_batch(batch, mesh)
+    np.testing.assert_array_equal(np.asarray(g["a"]), batch["a"])

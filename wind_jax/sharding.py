@@ -172,17 +172,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_spec(ndim: int, mesh: Mesh | None = None, rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
-    """Leading (batch) dimension split over the "batch" mesh axes, the rest replicated."""
+def batch_spec(ndim: int, mesh: Mesh | None = None, rules=LOGICAL_AXIS_RULES, size: int | None = None
+               ) -> PartitionSpec:
+    """Leading (batch) dimension split over the "batch" mesh axes, the rest replicated. With ``size`` (the
+    batch size), a batch not divisible by the shards is replicated instead (e.g. an equal-query budget of 3
+    prompts on 8 devices)."""
     if ndim == 0:
         return PartitionSpec()
-    spec = logical_to_spec(("batch",), None, mesh, rules)
+    spec = logical_to_spec(("batch",), None if size is None else (size,), mesh, rules)
     return PartitionSpec(*(tuple(spec) + (None,) * (ndim - 1)))
 
 
 def batch_shardings(batch, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     """NamedShardings for a pytree of [B, ...] arrays (scalars replicated)."""
-    return jax.tree.map(lambda x: NamedSharding(mesh, batch_spec(np.ndim(x), mesh, rules)), batch)
+    return jax.tree.map(lambda x: NamedSharding(mesh, batch_spec(np.ndim(x), mesh, rules,
+                                                                  np.shape(x)[0] if np.ndim(x) else None)), batch)
 
 
 def batch_axis_size(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> int:
@@ -201,7 +205,8 @@ def shard_host_batch(local_batch, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
 
     def one(x):
         x = np.asarray(x)
-        sharding = NamedSharding(mesh, batch_spec(x.ndim, mesh, rules))
+        sharding = NamedSharding(mesh, batch_spec(x.ndim, mesh, rules, x.shape[0] * jax.process_count()
+                                                  if x.ndim else None))
         if x.ndim == 0:
             return jax.device_put(x, sharding)
         global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]

@@ -441,12 +441,11 @@ class AlignmentLoop:
 
     # ---------------------------------------------------------------------------- set-up helpers
     def _check_divisible(self):
-        shards, procs = sharding.batch_axis_size(self.mesh), jax.process_count()
+        procs = jax.process_count()   # (a batch not divisible by the mesh's batch shards is replicated)
         for name in ("prompts_per_iteration", "eval_prompts"):
             v = getattr(self.cfg, name)
-            if v % shards or v % procs:
-                raise ValueError(f"LoopConfig.{name}={v} must be divisible by the {shards} batch shards of "
-                                 f"mesh {dict(self.mesh.shape)} and the {procs} processes")
+            if v % procs:
+                raise ValueError(f"LoopConfig.{name}={v} must be divisible by the {procs} processes")
 
     def policy_model(self):
         """The current policy pi_t as a plain wind_jax Transformer (LoRA adapters merged in)."""
@@ -625,8 +624,8 @@ class AlignmentLoop:
             return jax.lax.stop_gradient(out).reshape(b, n)
 
         def build():
-            return jax.jit(lp, out_shardings=NamedSharding(mesh, sharding.batch_spec(2, mesh)))
-        return _cached_jit(("eval_lp", graphdef, mesh), build)
+            return jax.jit(lp, out_shardings=NamedSharding(mesh, sharding.batch_spec(2, mesh, size=prompts.tokens.shape[0])))
+        return _cached_jit(("eval_lp", graphdef, mesh, prompts.tokens.shape[0]), build)
 
     # ---------------------------------------------------------------------------- checkpoints
     def _ckpt_id(self, t: int, k: int) -> int:

@@ -430,7 +430,8 @@ def jit_logprob_step(graphdef, state, batch: Batch, mesh: Mesh, *, response_widt
     def build():
         state_sh = sharding.state_shardings(state, mesh)
         batch_sh = sharding.batch_shardings(batch, mesh)
-        out_sh = {n: NamedSharding(mesh, sharding.batch_spec(1, mesh)) for n in batch["tokens"]}
+        out_sh = {n: NamedSharding(mesh, sharding.batch_spec(1, mesh, size=batch["tokens"][n].shape[0]))
+                  for n in batch["tokens"]}
         return jax.jit(lambda s, b: logprob_step(graphdef, s, b, response_width=response_width),
                        in_shardings=(state_sh, batch_sh), out_shardings=out_sh)
 
