@@ -1,6 +1,6 @@
 """WIND and its baselines end to end on a language model (wind_jax.train.loop, wind_jax.train.tasks).
 
-    python -m experiments.llm_alignment --config.method=wind_sq           # synthetic task, ~2 min on 2 CPUs
+    python -m experiments.llm_alignment --config.method=wind_sq           # synthetic task, < 10 min on 2 CPUs
     python -m experiments.llm_alignment --config.method=sppo --config.mesh=2,4,1
     python -m experiments.llm_alignment --config=experiments/configs/llm_alignment.py:real   # SmolLM2 + judge
     python -m experiments.llm_alignment --config=experiments/configs/llm_alignment.py:real \
