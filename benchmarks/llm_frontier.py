@@ -7,24 +7,25 @@ Stages (all in one process: equal shapes share compiled programs, and beta / eta
      family by self-normalized reweighting (wind_jax.frontier.mc_frontier) as a bracket: "upper" tilts and
      evaluates on the same w estimate (biased up by its noise), "lower" tilts on half the opponents and
      evaluates on the other half (a real policy, biased down); best-of-n points under w_ref.
-  2. learning rate: per method, the same budget (each lr of --lrs at the middle point of its sweep) on a
-     held-out set-up seed; the lr whose final point lies closest below that seed's frontier (among points with
-     KL >= 0.1; a run that does not move is not a result) is kept.
-  3. sweep: each method over its own regularizer (SWEEPS), every seed, at an equal preference-QUERY budget
-     per outer iteration (benchmarks/llm_results.py); samples and wall seconds are reported next to it.
-  4. non-transitive variant: gold preference dominated by the cyclic term (NONTRANSITIVE); one point per
-     method (the sweep's middle, chosen lr); exploitability proxy = gold win rate against pi_T of the tilt of
-     pi_T by its own gold win rates at KL budget --exploit_kl (lower is better); a round-robin tournament of
-     the final policies under gold; agreement of the learned preference head with gold.
+  2. hyperparameter search: per method, the same grid (--lrs x steps per outer iteration) at its CENTER point
+     on a held-out set-up seed; the (lr, steps) whose final point lies closest below that seed's frontier (among
+     points with KL >= 0.1; a run that does not move is not a result) is kept.
+  3. sweep: each method over its own regularizer (SWEEPS: four points each), every seed, at an equal
+     preference-QUERY budget per outer iteration (benchmarks/llm_results.py); queries, samples and warm seconds
+     needed to reach a win rate within a KL budget are read from each run's per-iteration evaluations.
+  4. non-transitive variant: gold preference dominated by the cyclic term (NONTRANSITIVE); per seed each method
+     at its CENTER point; exploitability proxy = gold win rate against pi_T of the tilt of pi_T by its own gold
+     win rates at KL budget --exploit_kl (lower is better); a round-robin tournament of the final policies under
+     gold; agreement of the learned preference head with gold. On --nontransitive_sweep_seeds every sweep point
+     runs, giving the exploitability proxy at matched KL.
 
 A point above the frontier's upper curve by more than twice the combined standard error is flagged
 ("above_frontier") and printed: it is a bug to report, not a win.
 
     python -m benchmarks.llm_frontier --out_dir outputs/llm_frontier              # everything, one process
     python -m benchmarks.llm_frontier --quick --out_dir /tmp/llm_frontier_quick   # smoke (not a result)
-Side by side (what BENCHMARKS.md quotes: 55 min wall on the shared 2-core CPU at load average 9-16): one
-`--stage=setup` process per group of seeds (--seeds, --heldout_seed, --nontransitive_seeds), then several
-`--stage=runs` processes (each claims whole methods), then `--stage=all --reuse_only` for the tables.
+Side by side: one `--stage=setup` process per group of seeds (--seeds, --heldout_seed, --nontransitive_seeds),
+then several `--stage=runs` processes (each claims whole methods), then `--stage=all --reuse_only` for the tables.
 Runs are compile-dominated on CPU: a method's first run compiles (minutes under load), later ones reuse it.
 
 Writes <out_dir>/<size>/comparison.json, comparison.md, curves.png, nontransitive.png.
@@ -45,24 +46,33 @@ from benchmarks import llm_results as R
 KL_TARGETS = (0.25, 0.5, 1.0, 2.0)
 LAMBDAS = np.concatenate([[0.0], np.geomspace(0.05, 2000.0, 120)])
 
-# method -> list of (label, loop overrides); loss_hparams is config.loop's "name=value" string.
-_WIND_GRID = [("b=0.1 e=3", {"beta": 0.1, "eta": 3.0}), ("b=0.03 e=10", {"beta": 0.03, "eta": 10.0}),
-              ("b=0.01 e=30", {"beta": 0.01, "eta": 30.0})]
+# method -> list of (label, loop overrides); loss_hparams is config.loop's "name=value" string. Every method gets
+# the same number of points (the same search budget); CENTER is the point of the hyperparameter search and of
+# the non-transitive comparison.
+_WIND_GRID = [("b=0.3 e=1", {"beta": 0.3, "eta": 1.0}), ("b=0.1 e=3", {"beta": 0.1, "eta": 3.0}),
+              ("b=0.03 e=10", {"beta": 0.03, "eta": 10.0}), ("b=0.01 e=30", {"beta": 0.01, "eta": 30.0})]
 SWEEPS = {
     "wind_sq": _WIND_GRID,
     "wind_sq_offset": _WIND_GRID,
-    "sppo": [(f"e={e:g}", {"eta": e}) for e in (3.0, 10.0, 30.0)],
+    "wind_kl": _WIND_GRID,
+    "wind_nce": _WIND_GRID,
+    "sppo": [(f"e={e:g}", {"eta": e}) for e in (1.0, 3.0, 10.0, 30.0)],
     "sppo_beta": _WIND_GRID,
-    "dpo": [(f"b={b:g}", {"beta": b}) for b in (10.0, 2.0, 0.5)],
-    "jbond": [(f"ema={a:g}", {"anchor_ema": a}) for a in (0.003, 0.02, 0.1)],
-    "bon_distill": [(f"alpha={a:g}", {"loss_hparams": f"alpha={a:g}"}) for a in (0.9, 0.5, 0.0)],
-    "bonbon": [(f"n={n}", {"num_samples": n}) for n in (2, 4, 8)],
+    "dpo": [(f"b={b:g}", {"beta": b}) for b in (10.0, 2.0, 0.5, 0.2)],
+    # J-BOND: the EMA rate of its anchor and the weight gamma of its KL(pi || anchor) term
+    "jbond": [(f"ema={a:g}", {"anchor_ema": a}) for a in (0.003, 0.02, 0.1)]
+             + [("ema=0.1 g=0.3", {"anchor_ema": 0.1, "loss_hparams": "gamma=0.3"})],
+    "bon_distill": [(f"alpha={a:g}", {"loss_hparams": f"alpha={a:g}"}) for a in (0.97, 0.9, 0.5, 0.0)],
+    "bonbon": [(f"n={n}", {"num_samples": n}) for n in (2, 3, 4, 8)],
 }
+CENTER = {"wind_sq": "b=0.03 e=10", "wind_sq_offset": "b=0.03 e=10", "wind_kl": "b=0.03 e=10",
+          "wind_nce": "b=0.03 e=10", "sppo": "e=10", "sppo_beta": "b=0.03 e=10", "dpo": "b=2", "jbond": "ema=0.02",
+          "bon_distill": "alpha=0.5", "bonbon": "n=4"}
 
 
 def middle(m: str):
-    """(label, overrides) of the sweep's middle point (lr search, non-transitive variant)."""
-    return SWEEPS[m][len(SWEEPS[m]) // 2]
+    """(label, overrides) of the method's CENTER point (hyperparameter search, non-transitive variant)."""
+    return next(p for p in SWEEPS[m] if p[0] == CENTER[m])
 
 
 # gold preference dominated by the cyclic (rock-paper-scissors over token classes) term
@@ -86,11 +96,13 @@ class Plan:
     heldout_seed: int = 100
     methods: tuple[str, ...] = tuple(SWEEPS)
     lrs: tuple[float, ...] = (1e-3, 3e-3)
+    steps: tuple[int, ...] = (8, 16)  # optimizer steps per outer iteration (searched with the lr)
     ref_samples: int = 256        # M pi_ref samples per eval prompt (frontier)
     ref_opponents: int = 64       # K fresh pi_ref opponents per prompt (w_ref estimate)
     exploit_samples: int = 64     # samples / opponents of pi_T for the exploitability proxy
     exploit_kl: float = 0.5
-    nontransitive_seeds: tuple[int, ...] = (0,)
+    nontransitive_seeds: tuple[int, ...] = (0, 1, 2)
+    nontransitive_sweep_seeds: tuple[int, ...] = (0,)  # every sweep point: exploitability at matched KL
     tournament_samples: int = 4   # samples per eval prompt and policy in the round robin
     win_targets: tuple[float, ...] = (0.55, 0.6)
     kl_budget: float = 1.0
@@ -222,8 +234,8 @@ def point(records, fr: dict) -> dict:
             "gap_lower": lo - win, "gap_floor": floor, "above_frontier": bool(math.isfinite(up) and win - up > margin),
             "margin": margin, "queries": last["counts/queries"], "samples": last["counts/samples"],
             "sec_per_iter": _warm_seconds(records),
-            "trajectory": [(r["iteration"], r["counts/queries"], r["eval/kl_to_ref"], r["eval/win_rate_vs_ref"])
-                           for r in records]}
+            "trajectory": [{"iteration": r["iteration"], "queries": r["counts/queries"], "samples": r["counts/samples"],
+                            "kl": r["eval/kl_to_ref"], "win_rate": r["eval/win_rate_vs_ref"]} for r in records]}
 
 
 def _warm_seconds(records) -> float:
@@ -246,41 +258,43 @@ def curve_gaps(points: list[dict], fr: dict, targets=KL_TARGETS) -> dict:
     return out
 
 
-def queries_to_reach(points: list[dict], win: float, kl_budget: float) -> float:
-    """Fewest preference queries after which some run of the sweep has gold win rate >= win at
-    KL <= kl_budget (its per-iteration trajectory); inf if none does."""
+RESOURCES = ("queries", "samples", "seconds")
+
+
+def cost_to_reach(points: list[dict], win: float, kl_budget: float, resource: str = "queries",
+                  sec_per_iter: float = float("nan")) -> float:
+    """Fewest units of `resource` after which some run of the sweep has gold win rate >= win at KL <= kl_budget
+    (its per-iteration trajectory); inf if none does. resource "queries" / "samples": the run's counts;
+    "seconds": iterations x sec_per_iter (the method's median warm seconds per iteration, compile excluded)."""
+    if resource not in RESOURCES:
+        raise ValueError(f"resource must be one of {RESOURCES}, got {resource!r}")
     best = math.inf
     for p in points:
-        for _, q, k, w in p["trajectory"]:
-            if w >= win and k <= kl_budget:
-                best = min(best, q)
+        for t in p["trajectory"]:
+            if t["win_rate"] >= win and t["kl"] <= kl_budget:
+                best = min(best, t["iteration"] * sec_per_iter if resource == "seconds" else t[resource])
                 break
     return best
 
 
-def _run_name(method: str, label: str, lr: float) -> str:
-    return f"{method}_{label}_lr{lr:g}".replace(" ", "_").replace("=", "")
+def _run_name(method: str, label: str, lr: float, steps: int, default_steps: int) -> str:
+    """Run directory name; the steps per iteration appear only when they differ from the size's default."""
+    k = "" if steps == default_steps else f"_k{steps}"
+    return f"{method}_{label}_lr{lr:g}{k}".replace(" ", "_").replace("=", "")
 
 
-def _sweep_lrs(root: str, method: str, heldout_seed: int) -> list[float]:
-    """Learning rates of the finished-or-started sweep runs of `method` on disk (seeds other than the held-out)."""
-    import glob
-    lrs = set()
-    for label, _ in SWEEPS[method]:
-        prefix = _run_name(method, label, 1.0).rsplit("_lr", 1)[0] + "_lr"
-        for d in glob.glob(os.path.join(root, "runs", prefix + "*", "seed*")):
-            if os.path.basename(d) != f"seed{heldout_seed}":
-                lrs.add(float(os.path.basename(os.path.dirname(d))[len(prefix):]))
-    return sorted(lrs)
+def hp_key(hp: tuple[float, int]) -> str:
+    return f"lr={hp[0]:g} k={hp[1]}"
 
 
-def choose_lr(per_lr: dict[float, dict]) -> float:
-    """The lr whose point lies closest below the frontier (gap_floor: the gap, or its lower bound beyond the
-    frontier's KL range), among points with KL >= 0.1; if none moves that far, the lr with the largest KL."""
-    moving = {lr: p for lr, p in per_lr.items() if p["kl"] >= 0.1}
+def choose_lr(per_hp: dict) -> object:
+    """The hyperparameters (lr, steps) whose point lies closest below the frontier (gap_floor: the gap, or its
+    lower bound beyond the frontier's KL range), among points with KL >= 0.1; if none moves that far, the
+    hyperparameters with the largest KL."""
+    moving = {hp: p for hp, p in per_hp.items() if p["kl"] >= 0.1}
     if moving:
-        return min(moving, key=lambda lr: moving[lr]["gap_floor"])
-    return max(per_lr, key=lambda lr: per_lr[lr]["kl"])
+        return min(moving, key=lambda hp: moving[hp]["gap_floor"])
+    return max(per_hp, key=lambda hp: per_hp[hp]["kl"])
 
 
 # ------------------------------------------------------------------------------- non-transitivity
@@ -304,16 +318,19 @@ def finished_records(run_dir: str, num_iterations: int) -> list[dict] | None:
     return recs if recs and recs[-1].get("iteration") == num_iterations else None
 
 
-def _run(root, method, seed, size, setup, lr, overrides, lang_over=None, keep_policy=False, sub="runs",
+def _run(root, method, seed, size, setup, hp, overrides, lang_over=None, keep_policy=False, sub="runs",
          label="", reuse_only=False):
-    """One run (reused when finished, unless its final policy is needed); None if reuse_only and unfinished."""
+    """One run at hp = (learning rate, steps per iteration), reused when finished unless its final policy is
+    needed; None if reuse_only and unfinished."""
+    lr, steps = hp
     prompts = R.prompts_for_budget(method, "queries", size.base_prompts, int(overrides.get("num_samples", 0)))
-    run_dir = os.path.join(root, sub, _run_name(method, label, lr), f"seed{seed}")
+    run_dir = os.path.join(root, sub, _run_name(method, label, lr, steps, size.steps_per_iteration), f"seed{seed}")
     if not keep_policy:
         done = finished_records(run_dir, size.num_iterations)
         if done is not None or reuse_only:
             return done
-    return R.run_one(run_dir, method, seed, size, prompts, setup, loop_overrides={**overrides, "learning_rate": lr},
+    over = {**overrides, "learning_rate": lr, "steps_per_iteration": steps}
+    return R.run_one(run_dir, method, seed, size, prompts, setup, loop_overrides=over,
                      language_overrides=lang_over, keep_policy=keep_policy)
 
 
@@ -388,34 +405,30 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
     if plan.stage == "setup":
         return {"frontiers": frontiers}
 
-    # 2. learning rate per method on the held-out seed, same budget each
+    # 2. learning rate x steps per iteration per method on the held-out seed, the same grid for each
     chosen, lr_search = {}, {}
+    grid = [(lr, k) for k in plan.steps for lr in plan.lrs]
     for m in plan.methods:
         if plan.stage == "runs" and not claim(root, m):
             log(f"[llm_frontier] {m}: claimed by another --stage=runs process; skipped here")
             continue
         label, over = middle(m)
-        per_lr = {}
-        for lr in plan.lrs:
+        per_hp = {}
+        for hp in grid:
             fr = frontier_of(plan.heldout_seed)
-            recs = _run(root, m, plan.heldout_seed, size, setups[plan.heldout_seed], lr, over, label=label,
+            recs = _run(root, m, plan.heldout_seed, size, setups[plan.heldout_seed], hp, over, label=label,
                         reuse_only=plan.reuse_only)
             if recs is not None:
-                per_lr[lr] = point(recs, fr)
-        if len(per_lr) < len(plan.lrs):
-            log(f"[llm_frontier] {m}: learning-rate search unfinished; left out")
+                per_hp[hp] = point(recs, fr)
+        if len(per_hp) < len(grid):
+            log(f"[llm_frontier] {m}: hyperparameter search unfinished; left out")
             continue
-        chosen[m] = choose_lr(per_lr)
-        used = _sweep_lrs(root, m, plan.heldout_seed)
-        if plan.stage == "all" and len(used) == 1 and used[0] != chosen[m]:
-            log(f"[llm_frontier] {m}: the sweep runs on disk used lr {used[0]:g}, the rule now picks "
-                f"{chosen[m]:g}; keeping the runs' lr")
-            chosen[m] = used[0]
-        lr_search[m] = {"at": label, "points": {str(lr): {k: v for k, v in p.items() if k != "trajectory"}
-                                                for lr, p in per_lr.items()}, "chosen": chosen[m]}
-        log(f"[llm_frontier] lr {m} at {label}: " + ", ".join(
-            f"{lr:g}: kl {p['kl']:.2f} win {p['win_rate']:.3f} gap {p['gap_upper']:+.3f}" for lr, p in per_lr.items())
-            + f" -> {chosen[m]:g}")
+        chosen[m] = choose_lr(per_hp)
+        lr_search[m] = {"at": label, "points": {hp_key(hp): {k: v for k, v in p.items() if k != "trajectory"}
+                                                for hp, p in per_hp.items()}, "chosen": hp_key(chosen[m])}
+        log(f"[llm_frontier] hp {m} at {label}: " + ", ".join(
+            f"{hp_key(hp)}: kl {p['kl']:.2f} win {p['win_rate']:.3f} gap {p['gap_upper']:+.3f}"
+            for hp, p in per_hp.items()) + f" -> {hp_key(chosen[m])}")
     res["lr_search"] = lr_search
 
     # 3. the sweeps, every seed
@@ -440,7 +453,7 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
             log(f"[llm_frontier] {m}: no finished sweep run; left out")
             del sweep[m]
     res["sweep"] = sweep
-    res["chosen_lr"] = chosen
+    res["chosen"] = {m: hp_key(hp) for m, hp in chosen.items()}
     res["frontiers"] = {str(s): f for s, f in frontiers.items()}
 
     # 4. non-transitive variant
@@ -464,27 +477,29 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
 
 def summarize(res: dict, plan: Plan) -> dict:
     """Per method: gaps at each KL target (mean, sd over the seeds whose curve reaches it), above-frontier
-    flags, queries to reach each win target at the KL budget, samples and seconds per run."""
+    flags, queries / samples / seconds to reach each win target at the KL budget, per-run counts."""
     out = {}
     for m, by_label in res["sweep"].items():
-        gaps, reach = {}, {}
+        gaps, reach = {}, {r: {} for r in RESOURCES}
+        allp = [p for pts in by_label.values() for p in pts.values()]
+        sec = float(np.nanmedian([p["sec_per_iter"] for p in allp]))
         flags = [(lab, s, p["kl"], p["win_rate"], p["margin"]) for lab, pts in by_label.items()
                  for s, p in pts.items() if p["above_frontier"]]
         for s in map(str, plan.seeds):
             pts = [by_label[lab][s] for lab in by_label if s in by_label[lab]]
             for t, g in curve_gaps(pts, res["frontiers"][s]).items():
                 gaps.setdefault(t, []).append(g)
-            for wt in plan.win_targets:
-                reach.setdefault(str(wt), []).append(queries_to_reach(pts, wt, plan.kl_budget))
-        allp = [p for pts in by_label.values() for p in pts.values()]
+            for r in RESOURCES:
+                for wt in plan.win_targets:
+                    reach[r].setdefault(str(wt), []).append(cost_to_reach(pts, wt, plan.kl_budget, r, sec))
         out[m] = {
             "gaps": {t: {"n": len(v), **{k: R.mean_spread([g[k] for g in v]) for k in ("gap_upper", "gap_lower",
                                                                                       "win_rate")}}
                      for t, v in gaps.items()},
-            "queries_to_reach": reach, "above_frontier": flags,
+            "to_reach": reach, "above_frontier": flags,
             "queries_per_run": R.mean_spread([p["queries"] for p in allp]),
             "samples_per_run": R.mean_spread([p["samples"] for p in allp]),
-            "sec_per_iter": R.mean_spread([p["sec_per_iter"] for p in allp]),
+            "sec_per_iter": R.mean_spread([p["sec_per_iter"] for p in allp]), "sec_per_iter_median": sec,
             "kl_range": [min(p["kl"] for p in allp), max(p["kl"] for p in allp)]}
     return out
 
@@ -500,49 +515,73 @@ def nontransitive_setups(root, plan: Plan, size, log) -> dict:
     return out
 
 
-def nontransitive_method(root, plan: Plan, size, s: int, m: str, lr: float, log) -> dict:
-    """One method's final policy on the non-transitive variant (its sweep's middle point): point, exploitability
-    proxy, and its tournament draws (saved as npz); cached in <root>/nontransitive/results/."""
+def nontransitive_method(root, plan: Plan, size, s: int, m: str, hp, log, label: str | None = None) -> dict:
+    """One method's final policy on the non-transitive variant at one sweep point (default its CENTER): point,
+    exploitability proxy and, at the CENTER, its tournament draws (saved as npz); cached in
+    <root>/nontransitive/results/ (recomputed when the cached hyperparameters differ)."""
     import json
 
     import jax
     nroot = os.path.join(root, "nontransitive")
-    path = os.path.join(nroot, "results", f"seed{s}_{m}.json")
+    label = label or (CENTER[m] if m != "pi_ref" else "-")
+    center = m == "pi_ref" or label == CENTER[m]
+    name = f"seed{s}_{m}" if center else _run_name(f"seed{s}_{m}", label, *hp, size.steps_per_iteration)
+    path = os.path.join(nroot, "results", name + ".json")
+    key = hp_key(hp) if m != "pi_ref" else "-"
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            got = json.load(f)
+        if got.get("hp") == key:
+            return got
     if plan.reuse_only:
         return None
     frs, setup = reference_frontier(nroot, s, size, plan, NONTRANSITIVE, key_offset=2000)
     c, lang, ref, head, info = R.load_setup(nroot, s, size, NONTRANSITIVE)
     prompts = eval_prompts(lang, s, size.eval_prompts)
     if m == "pi_ref":
-        pol, p = ref, {"label": "-", "kl": 0.0, "win_rate": 0.5, "gap_upper": 0.0}
+        pol, p = ref, {"kl": 0.0, "win_rate": 0.5, "gap_upper": 0.0}
     else:
-        label, over = middle(m)
-        recs, pol = _run(nroot, m, s, size, setup, lr, over, NONTRANSITIVE, keep_policy=True, label=label)
+        over = dict(SWEEPS[m])[label]
+        recs, pol = _run(nroot, m, s, size, setup, hp, over, NONTRANSITIVE, keep_policy=True, label=label)
         p = {k: v for k, v in point(recs, frs).items() if k != "trajectory"}
-        p["label"] = label
+    p["label"], p["hp"] = label, key
     p["exploitability"] = exploitability(pol, lang, prompts, jax.random.key(3000 + s), plan.exploit_samples,
                                          plan.exploit_kl)
-    toks, mask = draw(pol, lang, prompts, plan.tournament_samples, jax.random.key(4000 + s))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path[:-5] + "_draws.npz", tokens=toks, mask=mask)
+    if center:
+        toks, mask = draw(pol, lang, prompts, plan.tournament_samples, jax.random.key(4000 + s))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez(path[:-5] + "_draws.npz", tokens=toks, mask=mask)
     R.write_json(path, p)
-    log(f"[llm_frontier] non-transitive seed {s} {m:15s}: kl {p['kl']:.3f} win {p['win_rate']:.3f} "
+    log(f"[llm_frontier] non-transitive seed {s} {m:15s} {label:14s}: kl {p['kl']:.3f} win {p['win_rate']:.3f} "
         f"gap {p['gap_upper']:+.3f} exploitability {p['exploitability']['upper']:.3f}")
     return p
 
 
+def exploitability_at(points: list[dict], targets=KL_TARGETS) -> dict:
+    """A method's exploitability proxy (upper estimate) along its sweep, sorted by KL and linearly interpolated
+    at each KL target the sweep reaches: {target: value}."""
+    pts = sorted(points, key=lambda p: p["kl"])
+    ks = np.array([p["kl"] for p in pts])
+    es = np.array([p["exploitability"]["upper"] for p in pts])
+    return {str(t): float(np.interp(t, ks, es)) for t in targets if ks.size and ks[0] <= t <= ks[-1]}
+
+
 def run_nontransitive(root, plan: Plan, size, chosen, log) -> dict:
-    """Every method of the plan on the non-transitive variant, and the gold round robin of the final policies
-    (P(row beats column) = mean exact gold probability over their saved draws on the eval prompts)."""
+    """Every method of the plan on the non-transitive variant (its CENTER point; on nontransitive_sweep_seeds
+    every sweep point, for the exploitability proxy at matched KL), and the gold round robin of the CENTER
+    policies (P(row beats column) = mean exact gold probability over their saved draws on the eval prompts)."""
     nroot = os.path.join(root, "nontransitive")
-    out = {"seeds": {}}
+    out = {"seeds": {}, "sweep": {}}
     for s, (frs, _) in nontransitive_setups(root, plan, size, log).items():
-        rows = {m: nontransitive_method(root, plan, size, s, m, chosen.get(m, 0.0), log)
-                for m in ("pi_ref", *chosen)}
+        rows = {m: nontransitive_method(root, plan, size, s, m, chosen.get(m), log) for m in ("pi_ref", *chosen)}
         rows = {m: r for m, r in rows.items() if r is not None}
+        if s in plan.nontransitive_sweep_seeds:
+            sw = {}
+            for m in chosen:
+                pts = [nontransitive_method(root, plan, size, s, m, chosen[m], log, label) for label, _ in SWEEPS[m]]
+                pts = [p for p in pts if p is not None]
+                sw[m] = {"points": pts, "at_kl": exploitability_at(pts)}
+            out["sweep"][str(s)] = sw
         if plan.stage == "runs" or len(rows) < 2:
             continue
         c, lang, *_ = R.load_setup(nroot, s, size, NONTRANSITIVE)
@@ -572,7 +611,7 @@ def _ms(d, k="gap_upper", f="{:+.3f}"):
 
 def format_results(res: dict) -> str:
     plan = res["plan"]
-    out = [f"size {res['size_fields']}, seeds {plan['seeds']} (lr chosen on seed {plan['heldout_seed']}); "
+    out = [f"size {res['size_fields']}, seeds {plan['seeds']} (lr and steps chosen on seed {plan['heldout_seed']}); "
            f"{res['load_at_start']} at start, {res.get('load_at_end', '?')} at end; "
            f"{res.get('wall_seconds', 0) / 60:.1f} min (finished runs under out_dir are reused)\n"]
     out.append("\nFrontier of pi_ref (upper / lower Monte Carlo bracket, ± SE of the upper), per seed\n")
@@ -589,12 +628,15 @@ def format_results(res: dict) -> str:
         half = frontier_at(fr, [1.0, 2.0], "upper_half_samples")
         out.append(f"| {s} | " + " | ".join(cells) + f" | {bon} | {half[0]:.3f} / {half[1]:.3f} | "
                    f"{fr['head_agreement_pi_ref']:.3f} |")
-    out.append("\nLearning rate chosen on the held-out seed (each method: the same lrs at its sweep's middle point)\n")
-    out.append("| method | at | " + " | ".join(f"lr {lr:g}: KL, win, gap" for lr in plan["lrs"]) + " | chosen |")
-    out.append("|---|---|" + "---|" * (len(plan["lrs"]) + 1))
+    grid = [hp_key((lr, k)) for k in plan["steps"] for lr in plan["lrs"]]
+    out.append("\nLearning rate x steps per iteration (k) chosen on the held-out seed (each method: the same grid at "
+               "its CENTER point; cell = KL, win, gap)\n")
+    out.append("| method | at | " + " | ".join(grid) + " | chosen |")
+    out.append("|---|---|" + "---|" * (len(grid) + 1))
     for m, d in res["lr_search"].items():
-        cells = [f"{p['kl']:.2f}, {p['win_rate']:.3f}, {p['gap_upper']:+.3f}" for p in d["points"].values()]
-        out.append(f"| {m} | {d['at']} | " + " | ".join(cells) + f" | {d['chosen']:g} |")
+        cells = [f"{d['points'][g]['kl']:.2f}, {d['points'][g]['win_rate']:.3f}, {d['points'][g]['gap_upper']:+.3f}"
+                 for g in grid]
+        out.append(f"| {m} | {d['at']} | " + " | ".join(cells) + f" | {d['chosen']} |")
     out.append("\nGap below the frontier at matched KL (upper-curve gap, mean ± sd over seeds whose curve reaches "
                "that KL; positive = below), equal preference queries per iteration\n")
     out.append("| method | KL range | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS)
@@ -605,13 +647,17 @@ def format_results(res: dict) -> str:
         out.append(f"| {m} | {d['kl_range'][0]:.2f}-{d['kl_range'][1]:.2f} | " + " | ".join(cells)
                    + f" | {d['queries_per_run']['mean']:.0f} | {d['samples_per_run']['mean']:.0f} | "
                    f"{d['sec_per_iter']['mean']:.2f} | {len(d['above_frontier'])} |")
-    out.append(f"\nQueries to reach a gold win rate at KL <= {plan['kl_budget']:g} (per seed, best point of the "
-               "sweep; inf = not reached)\n")
-    out.append("| method | " + " | ".join(f"win >= {w:g}" for w in plan["win_targets"]) + " |")
-    out.append("|---|" + "---|" * len(plan["win_targets"]))
-    for m, d in res["summary"].items():
-        out.append(f"| {m} | " + " | ".join(", ".join(f"{q:.0f}" if math.isfinite(q) else "inf" for q in d[
-            "queries_to_reach"][str(w)]) for w in plan["win_targets"]) + " |")
+    units = {"queries": "queries", "samples": "samples", "seconds": "warm seconds (iterations x median s / warm "
+             "iteration; the runs shared a loaded CPU, so these are rough)"}
+    for r in RESOURCES:
+        out.append(f"\nEqual {r}: {units[r]} to reach a gold win rate at KL <= {plan['kl_budget']:g} (per seed, "
+                   "best run of the sweep; inf = not reached)\n")
+        out.append("| method | " + " | ".join(f"win >= {w:g}" for w in plan["win_targets"]) + " |")
+        out.append("|---|" + "---|" * len(plan["win_targets"]))
+        for m, d in res["summary"].items():
+            out.append(f"| {m} | " + " | ".join(", ".join(
+                (f"{q:.0f}" if r != "seconds" else f"{q:.1f}") if math.isfinite(q) else "inf"
+                for q in d["to_reach"][r][str(w)]) for w in plan["win_targets"]) + " |")
     out.append("\nEvery point (method, sweep label: KL / win per seed)\n")
     for m, by in res["sweep"].items():
         for lab, pts in by.items():
@@ -644,10 +690,39 @@ def format_results(res: dict) -> str:
             out.append("|---|" + "---|" * len(names))
             for n, row in zip(names, T):
                 out.append(f"| {n} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        if len(nt["seeds"]) > 1:
+            out.append(f"\nNon-transitive variant over seeds {list(nt['seeds'])} (mean ± sd): each method at its "
+                       "CENTER point\n")
+            out.append("| policy | KL | win vs pi_ref | exploitability (upper) | mean tournament score |")
+            out.append("|---|---|---|---|---|")
+            for m in next(iter(nt["seeds"].values()))["methods"]:
+                rs = [d["methods"][m] for d in nt["seeds"].values() if m in d["methods"]]
+                sc = [nontransitive_scores(d)[m] for d in nt["seeds"].values() if m in d["methods"]]
+                f = lambda v: f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.3f}"  # noqa: E731
+                out.append(f"| {m} | {f([r['kl'] for r in rs])} | {f([r['win_rate'] for r in rs])} | "
+                           f"{f([r['exploitability']['upper'] for r in rs])} | {f(sc)} |")
+        for s, sw in nt.get("sweep", {}).items():
+            out.append(f"\nExploitability proxy at matched KL, non-transitive seed {s} (each method's sweep, sorted by "
+                       f"KL, interpolated; pi_ref: {nt['seeds'][s]['methods']['pi_ref']['exploitability']['upper']:.3f}"
+                       f" at KL 0)\n" if s in nt["seeds"] else f"\nExploitability proxy at matched KL, seed {s}\n")
+            out.append("| method | KL range | " + " | ".join(f"@ KL {t:g}" for t in KL_TARGETS) + " | points (KL: expl.) |")
+            out.append("|---|---|" + "---|" * (len(KL_TARGETS) + 1))
+            for m, d in sw.items():
+                ks = [p["kl"] for p in d["points"]]
+                cells = [f"{d['at_kl'][str(t)]:.3f}" if str(t) in d["at_kl"] else "-" for t in KL_TARGETS]
+                pts = ", ".join(f"{p['kl']:.2f}: {p['exploitability']['upper']:.3f}"
+                                for p in sorted(d["points"], key=lambda p: p["kl"]))
+                out.append(f"| {m} | {min(ks):.2f}-{max(ks):.2f} | " + " | ".join(cells) + f" | {pts} |")
     return "\n".join(out) + "\n"
 
 
-_COLORS = {"wind_sq": "tab:blue", "wind_sq_offset": "tab:cyan", "sppo": "tab:orange", "sppo_beta": "tab:brown",
+def nontransitive_scores(d: dict) -> dict:
+    """Mean tournament score of each policy (its mean P(beats) over the other policies)."""
+    T = np.array(d["tournament"]["matrix"])
+    return dict(zip(d["tournament"]["names"], (T.sum(1) - 0.5) / max(len(T) - 1, 1)))
+
+
+_COLORS = {"wind_sq": "tab:blue", "wind_sq_offset": "tab:cyan", "wind_kl": "navy", "wind_nce": "tab:pink", "sppo": "tab:orange", "sppo_beta": "tab:brown",
            "dpo": "tab:red", "jbond": "tab:purple", "bon_distill": "tab:green", "bonbon": "tab:olive"}
 
 
@@ -683,15 +758,15 @@ def plot_curves(res: dict, path: str) -> str:
 
 
 def plot_nontransitive(res: dict, path: str) -> str:
-    """Left: exploitability proxy per policy (mean over seeds of the upper estimate). Right: tournament of the
-    first seed."""
+    """Left: exploitability proxy per CENTER policy (mean ± sd over seeds of the upper estimate). Middle:
+    exploitability against KL along each method's sweep (first sweep seed). Right: tournament of the first seed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     nt = res["nontransitive"]["seeds"]
     names = list(next(iter(nt.values()))["methods"])
     ex = np.array([[d["methods"][m]["exploitability"]["upper"] for m in names] for d in nt.values()])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (a1, a3, a2) = plt.subplots(1, 3, figsize=(17, 4.6))
     a1.bar(range(len(names)), ex.mean(0), yerr=ex.std(0) if len(ex) > 1 else None,
            color=[_COLORS.get(m, "tab:gray") for m in names], capsize=3)
     a1.axhline(0.5, color="k", lw=0.6, ls=":")
@@ -699,6 +774,18 @@ def plot_nontransitive(res: dict, path: str) -> str:
     a1.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
     a1.set_ylabel(f"best-response win rate vs $\\pi_T$ at KL {res['plan']['exploit_kl']:g} (lower = better)")
     a1.set_title(f"exploitability proxy, non-transitive task ({len(ex)} seeds)")
+    for s, sw in list(res["nontransitive"].get("sweep", {}).items())[:1]:
+        for m, dm in sw.items():
+            pts = sorted((p["kl"], p["exploitability"]["upper"]) for p in dm["points"])
+            a3.plot(*zip(*pts), "o-", color=_COLORS.get(m), ms=3.5, lw=1.1, label=m)
+        if s in nt:
+            a3.plot([0.0], [nt[s]["methods"]["pi_ref"]["exploitability"]["upper"]], "k*", ms=9, label="pi_ref")
+        a3.set_xscale("symlog", linthresh=0.1)
+        a3.set_xlabel("KL($\\pi_T$ ‖ $\\pi_{ref}$)")
+        a3.set_ylabel("exploitability proxy (lower = better)")
+        a3.set_title(f"exploitability along each sweep, seed {s}")
+        a3.grid(alpha=0.3)
+        a3.legend(fontsize=7)
     d = next(iter(nt.values()))
     T = np.array(d["tournament"]["matrix"])
     im = a2.imshow(T, cmap="RdBu_r", vmin=0.3, vmax=0.7)
@@ -719,7 +806,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes, one seed, two methods (a smoke test)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default=",".join(SWEEPS))
-    p.add_argument("--nontransitive_seeds", default="0")
+    p.add_argument("--nontransitive_seeds", default="0,1,2")
+    p.add_argument("--nontransitive_sweep_seeds", default="0",
+                   help="non-transitive seeds on which every sweep point runs (exploitability at matched KL)")
     p.add_argument("--heldout_seed", type=int, default=100)
     p.add_argument("--reuse_only", action="store_true", help="tables from finished runs only; run nothing new")
     p.add_argument("--stage", default="all", choices=("setup", "runs", "all"),
@@ -729,11 +818,12 @@ def main(argv=None):
     ints = lambda s: tuple(int(v) for v in s.split(",") if v.strip())  # noqa: E731
     plan = Plan(seeds=ints(a.seeds), methods=tuple(m.strip() for m in a.methods.split(",") if m.strip()),
                 nontransitive_seeds=ints(a.nontransitive_seeds), stage=a.stage,
+                nontransitive_sweep_seeds=ints(a.nontransitive_sweep_seeds),
                 heldout_seed=a.heldout_seed, reuse_only=a.reuse_only)
     if a.quick:
-        plan = dataclasses.replace(plan, size="quick", seeds=(0,), heldout_seed=1, lrs=(1e-3, 3e-3),
+        plan = dataclasses.replace(plan, size="quick", seeds=(0,), heldout_seed=1, lrs=(1e-3, 3e-3), steps=(2, 4),
                                    ref_samples=16, ref_opponents=8, exploit_samples=8, nontransitive_seeds=(0,),
-                                   tournament_samples=2)
+                                   nontransitive_sweep_seeds=(0,), tournament_samples=2)
     if not plan.seeds:
         raise ValueError("--seeds: at least one seed")
     run_comparison(a.out_dir, plan)

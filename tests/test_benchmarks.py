@@ -111,20 +111,36 @@ def test_frontier_gaps_interpolate_and_flag_points_above():
     assert gaps["1.0"]["win_rate"] == pytest.approx(0.57) and gaps["1.0"]["gap_upper"] == pytest.approx(0.03)
 
 
-def test_queries_to_reach_and_lr_choice():
+def test_cost_to_reach_and_hyperparameter_choice():
     from benchmarks import llm_frontier as LF
     fr = _line_frontier()
     slow = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 0.3, 0.52), (2, 128, 0.8, 0.57)]), fr)
     greedy = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 1.5, 0.58), (2, 128, 2.5, 0.62)]), fr)
-    assert LF.queries_to_reach([slow, greedy], 0.56, kl_budget=1.0) == 128   # greedy is over the KL budget
-    assert LF.queries_to_reach([slow, greedy], 0.56, kl_budget=2.0) == 64
-    assert LF.queries_to_reach([slow], 0.7, kl_budget=3.0) == float("inf")
+    assert LF.cost_to_reach([slow, greedy], 0.56, kl_budget=1.0) == 128   # greedy is over the KL budget
+    assert LF.cost_to_reach([slow, greedy], 0.56, kl_budget=2.0) == 64
+    assert LF.cost_to_reach([slow, greedy], 0.56, kl_budget=1.0, resource="samples") == 256   # 2 per query
+    assert LF.cost_to_reach([slow, greedy], 0.56, 1.0, "seconds", sec_per_iter=1.5) == 3.0    # 2 iterations
+    assert LF.cost_to_reach([slow], 0.7, kl_budget=3.0) == float("inf")
+    with pytest.raises(ValueError, match="resource"):
+        LF.cost_to_reach([slow], 0.5, 1.0, "flops")
     still = LF.point(_records([(1, 64, 0.01, 0.5)]), fr)   # gap 0.001 but it does not move
-    assert LF.choose_lr({1e-3: still, 3e-3: slow, 1e-2: greedy}) == 3e-3   # gaps 0.001 (KL < 0.1) / 0.010 / 0.130
-    assert LF.choose_lr({1e-3: still}) == 1e-3
+    assert LF.choose_lr({(1e-3, 8): still, (3e-3, 8): slow, (3e-3, 16): greedy}) == (3e-3, 8)  # 0.001 / 0.010 / 0.130
+    assert LF.choose_lr({(1e-3, 8): still}) == (1e-3, 8)
     far = LF.point(_records([(1, 64, 5.0, 0.79)]), fr)   # beyond the frontier's last KL (3, win 0.8)
     assert math.isnan(far["gap_upper"]) and far["gap_floor"] == pytest.approx(0.01)
-    assert LF.choose_lr({1e-3: greedy, 3e-3: far}) == 3e-3   # its gap is at least 0.01 < 0.13
+    assert LF.choose_lr({(1e-3, 8): greedy, (3e-3, 8): far}) == (3e-3, 8)   # its gap is at least 0.01 < 0.13
+
+
+def test_every_method_has_an_equal_sweep_and_exploitability_interpolates():
+    from benchmarks import llm_frontier as LF
+    from benchmarks.llm_results import METHODS
+    assert set(LF.SWEEPS) == set(METHODS) == set(LF.CENTER)   # every method of the loop is compared
+    assert {len(v) for v in LF.SWEEPS.values()} == {4}        # the same search budget per method
+    for m in LF.SWEEPS:
+        assert LF.middle(m)[0] == LF.CENTER[m]
+    pts = [{"kl": 1.0, "exploitability": {"upper": 0.6}}, {"kl": 0.2, "exploitability": {"upper": 0.52}}]
+    at = LF.exploitability_at(pts, targets=(0.1, 0.6, 2.0))
+    assert list(at) == ["0.6"] and at["0.6"] == pytest.approx(0.56)
 
 
 def test_gold_matrix_matches_pairwise_gold_calls():
@@ -153,13 +169,15 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
 
     from benchmarks import llm_frontier as LF
     plan = dataclasses.replace(LF.Plan(), size="quick", seeds=(0,), heldout_seed=1, methods=("wind_sq", "dpo"),
-                               lrs=(1e-3, 3e-3), ref_samples=16, ref_opponents=8, exploit_samples=8,
+                               lrs=(1e-3, 3e-3), steps=(2, 4), nontransitive_sweep_seeds=(0,), ref_samples=16, ref_opponents=8, exploit_samples=8,
                                nontransitive_seeds=(0,), tournament_samples=2)
     res = LF.run_comparison(str(tmp_path), plan, log=lambda *_: None)
     fr = res["frontiers"]["0"]
     assert fr["upper"]["kl"][0] == 0.0 and abs(fr["upper"]["win_rate"][0] - 0.5) < 4 * fr["upper"]["win_rate_se"][0]
     assert set(res["sweep"]) == {"wind_sq", "dpo"} and len(res["sweep"]["dpo"]) == len(LF.SWEEPS["dpo"])
+    assert len(res["lr_search"]["dpo"]["points"]) == 4   # 2 lrs x 2 steps per iteration
     T = res["nontransitive"]["seeds"]["0"]["tournament"]
     assert T["names"] == ["pi_ref", "wind_sq", "dpo"]
+    assert len(res["nontransitive"]["sweep"]["0"]["dpo"]["points"]) == len(LF.SWEEPS["dpo"])
     for f in ("comparison.json", "comparison.md", "curves.png", "nontransitive.png"):
         assert os.path.exists(tmp_path / "quick" / f)
