@@ -18,6 +18,9 @@ Stages (all in one process: equal shapes share compiled programs, and beta / eta
      win rates at KL budget --exploit_kl (lower is better); a round-robin tournament of the final policies under
      gold; agreement of the learned preference head with gold. On --nontransitive_sweep_seeds every sweep point
      runs, giving the exploitability proxy at matched KL.
+  5. timing: each method's CENTER point once more on the held-out seed, the methods one after another in one
+     process (--stage=all), so that warm seconds per iteration compare like with like; "seconds to reach" =
+     iterations x that figure (compile excluded).
 
 A point above the frontier's upper curve by more than twice the combined standard error is flagged
 ("above_frontier") and printed: it is a bug to report, not a win.
@@ -461,6 +464,16 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
         res["nontransitive"] = run_nontransitive(root, plan, size, chosen, log)
     if plan.stage == "runs":
         return res
+
+    # 5. timing: every method's CENTER point once more on the held-out seed, one after another in this process
+    res["timing"] = {"load_at_start": R.load_note()}
+    for m in chosen:
+        label, over = middle(m)
+        recs = _run(root, m, plan.heldout_seed, size, setups[plan.heldout_seed], chosen[m], over, sub="timing",
+                    label=label, reuse_only=plan.reuse_only)
+        if recs is not None:
+            res["timing"][m] = _warm_seconds(recs)
+    res["timing"]["load_at_end"] = R.load_note()
     res["summary"] = summarize(res, plan)
     res["wall_seconds"] = time.time() - start
     res["load_at_end"] = R.load_note()
@@ -482,7 +495,7 @@ def summarize(res: dict, plan: Plan) -> dict:
     for m, by_label in res["sweep"].items():
         gaps, reach = {}, {r: {} for r in RESOURCES}
         allp = [p for pts in by_label.values() for p in pts.values()]
-        sec = float(np.nanmedian([p["sec_per_iter"] for p in allp]))
+        sec = res.get("timing", {}).get(m, float("nan"))
         flags = [(lab, s, p["kl"], p["win_rate"], p["margin"]) for lab, pts in by_label.items()
                  for s, p in pts.items() if p["above_frontier"]]
         for s in map(str, plan.seeds):
@@ -499,7 +512,7 @@ def summarize(res: dict, plan: Plan) -> dict:
             "to_reach": reach, "above_frontier": flags,
             "queries_per_run": R.mean_spread([p["queries"] for p in allp]),
             "samples_per_run": R.mean_spread([p["samples"] for p in allp]),
-            "sec_per_iter": R.mean_spread([p["sec_per_iter"] for p in allp]), "sec_per_iter_median": sec,
+            "sec_per_iter": sec,
             "kl_range": [min(p["kl"] for p in allp), max(p["kl"] for p in allp)]}
     return out
 
@@ -640,15 +653,18 @@ def format_results(res: dict) -> str:
     out.append("\nGap below the frontier at matched KL (upper-curve gap, mean ± sd over seeds whose curve reaches "
                "that KL; positive = below), equal preference queries per iteration\n")
     out.append("| method | KL range | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS)
-               + " | queries / run | samples / run | s / warm iteration | above frontier |")
+               + " | queries / run | samples / run | s / warm iteration (timing pass) | above frontier |")
     out.append("|---|---|" + "---|" * (len(KL_TARGETS) + 4))
     for m, d in res["summary"].items():
         cells = [_ms(d["gaps"][str(t)]) if str(t) in d["gaps"] else "not reached" for t in KL_TARGETS]
         out.append(f"| {m} | {d['kl_range'][0]:.2f}-{d['kl_range'][1]:.2f} | " + " | ".join(cells)
                    + f" | {d['queries_per_run']['mean']:.0f} | {d['samples_per_run']['mean']:.0f} | "
-                   f"{d['sec_per_iter']['mean']:.2f} | {len(d['above_frontier'])} |")
-    units = {"queries": "queries", "samples": "samples", "seconds": "warm seconds (iterations x median s / warm "
-             "iteration; the runs shared a loaded CPU, so these are rough)"}
+                   f"{d['sec_per_iter']:.2f} | {len(d['above_frontier'])} |")
+    tm = res.get("timing", {})
+    units = {"queries": "queries", "samples": "samples",
+             "seconds": "seconds (iterations x the method's warm s / iteration of the timing pass: its CENTER point "
+                        f"on the held-out seed, all methods one after another in one process; {tm.get('load_at_start')}"
+                        " at its start)"}
     for r in RESOURCES:
         out.append(f"\nEqual {r}: {units[r]} to reach a gold win rate at KL <= {plan['kl_budget']:g} (per seed, "
                    "best run of the sweep; inf = not reached)\n")

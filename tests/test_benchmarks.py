@@ -179,5 +179,6 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     T = res["nontransitive"]["seeds"]["0"]["tournament"]
     assert T["names"] == ["pi_ref", "wind_sq", "dpo"]
     assert len(res["nontransitive"]["sweep"]["0"]["dpo"]["points"]) == len(LF.SWEEPS["dpo"])
+    assert all(res["timing"][m] > 0 for m in ("wind_sq", "dpo"))   # warm seconds of the one-process timing pass
     for f in ("comparison.json", "comparison.md", "curves.png", "nontransitive.png"):
         assert os.path.exists(tmp_path / "quick" / f)
