@@ -333,8 +333,14 @@ def _run(root, method, seed, size, setup, hp, overrides, lang_over=None, keep_po
         if done is not None or reuse_only:
             return done
     over = {**overrides, "learning_rate": lr, "steps_per_iteration": steps}
-    return R.run_one(run_dir, method, seed, size, prompts, setup, loop_overrides=over,
-                     language_overrides=lang_over, keep_policy=keep_policy)
+    go = functools.partial(R.run_one, run_dir, method, seed, size, prompts, setup, loop_overrides=over,
+                           language_overrides=lang_over, keep_policy=keep_policy)
+    from wind_jax.train.checkpoint import CheckpointConfigError
+    try:
+        return go()
+    except CheckpointConfigError as e:  # a run dir left by an older version of the config: run it again
+        print(f"[llm_frontier] {run_dir}: {str(e)[:160]}...; running it again from scratch")
+        return go(fresh=True)
 
 
 def claim(root: str, method: str) -> bool:
