@@ -105,7 +105,7 @@ class Plan:
     exploit_samples: int = 64     # samples / opponents of pi_T for the exploitability proxy
     exploit_kl: float = 0.5
     nontransitive_seeds: tuple[int, ...] = (0, 1, 2)
-    nontransitive_sweep_seeds: tuple[int, ...] = (0,)  # every sweep point: exploitability at matched KL
+    nontransitive_sweep_seeds: tuple[int, ...] = (0, 1, 2)  # every sweep point: exploitability at matched KL
     tournament_samples: int = 4   # samples per eval prompt and policy in the round robin
     win_targets: tuple[float, ...] = (0.55, 0.6)
     kl_budget: float = 1.0
@@ -735,6 +735,19 @@ def format_results(res: dict) -> str:
                 pts = ", ".join(f"{p['kl']:.2f}: {p['exploitability']['upper']:.3f}"
                                 for p in sorted(d["points"], key=lambda p: p["kl"]))
                 out.append(f"| {m} | {min(ks):.2f}-{max(ks):.2f} | " + " | ".join(cells) + f" | {pts} |")
+        sweeps = nt.get("sweep", {})
+        if len(sweeps) > 1:
+            out.append(f"\nExploitability proxy at matched KL over non-transitive seeds {list(sweeps)}: mean ± sd "
+                       "over the seeds whose sweep reaches that KL (n)\n")
+            out.append("| method | " + " | ".join(f"@ KL {t:g}" for t in KL_TARGETS) + " |")
+            out.append("|---|" + "---|" * len(KL_TARGETS))
+            for m in next(iter(sweeps.values())):
+                cells = []
+                for t in KL_TARGETS:
+                    v = [sw[m]["at_kl"][str(t)] for sw in sweeps.values() if m in sw and str(t) in sw[m]["at_kl"]]
+                    cells.append(f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.3f} (n={len(v)})"
+                                 if v else "-")
+                out.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -775,7 +788,7 @@ def plot_curves(res: dict, path: str) -> str:
         ax.set_ylabel("gold win rate vs $\\pi_{ref}$")
         ax.set_title(f"seed {s}: equal query budget, T={res['size_fields']['num_iterations']}")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][0].legend(fontsize=6.5, loc="upper left", ncol=2)  # the low-KL corner stays empty
     return R.save_figure(fig, path)
 
 
@@ -829,7 +842,7 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default=",".join(SWEEPS))
     p.add_argument("--nontransitive_seeds", default="0,1,2")
-    p.add_argument("--nontransitive_sweep_seeds", default="0",
+    p.add_argument("--nontransitive_sweep_seeds", default="0,1,2",
                    help="non-transitive seeds on which every sweep point runs (exploitability at matched KL)")
     p.add_argument("--heldout_seed", type=int, default=100)
     p.add_argument("--reuse_only", action="store_true", help="tables from finished runs only; run nothing new")
