@@ -109,6 +109,7 @@ class Plan:
     tournament_samples: int = 4   # samples per eval prompt and policy in the round robin
     win_targets: tuple[float, ...] = (0.55, 0.6)
     kl_budget: float = 1.0
+    sample_budget: int = 256      # equal-samples curves: each run cut at <= this many samples
     stage: str = "all"            # "setup": set-ups and frontiers only; "runs": also the runs; "all": everything
     reuse_only: bool = False      # tables from the finished runs only (missing runs are left out, not run)
 
@@ -262,6 +263,15 @@ def curve_gaps(points: list[dict], fr: dict, targets=KL_TARGETS) -> dict:
 
 
 RESOURCES = ("queries", "samples", "seconds")
+
+
+def at_budget(p: dict, resource: str, budget: float, sec_per_iter: float = float("nan")) -> dict:
+    """The run's evaluation after its last iteration whose cumulative `resource` is <= budget (iteration 0 is
+    pi_ref itself): {"iteration", "kl", "win_rate"}. "seconds" = iterations x sec_per_iter."""
+    cost = (lambda t: t["iteration"] * sec_per_iter) if resource == "seconds" else (lambda t: t[resource])  # noqa: E731
+    ok = [t for t in p["trajectory"] if cost(t) <= budget + 1e-9]
+    t = max(ok, key=lambda t: t["iteration"]) if ok else {"iteration": 0, "kl": 0.0, "win_rate": 0.5}
+    return {k: t[k] for k in ("iteration", "kl", "win_rate")}
 
 
 def cost_to_reach(points: list[dict], win: float, kl_budget: float, resource: str = "queries",
@@ -480,6 +490,9 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
         if recs is not None:
             res["timing"][m] = _warm_seconds(recs)
     res["timing"]["load_at_end"] = R.load_note()
+    # equal wall time: the fastest method's whole run (num_iterations x its warm seconds per iteration)
+    secs = [v for k, v in res["timing"].items() if k in chosen and math.isfinite(v)]
+    res["second_budget"] = size.num_iterations * min(secs) if secs else float("nan")
     res["summary"] = summarize(res, plan)
     res["wall_seconds"] = time.time() - start
     res["load_at_end"] = R.load_note()
@@ -504,10 +517,15 @@ def summarize(res: dict, plan: Plan) -> dict:
         sec = res.get("timing", {}).get(m, float("nan"))
         flags = [(lab, s, p["kl"], p["win_rate"], p["margin"]) for lab, pts in by_label.items()
                  for s, p in pts.items() if p["above_frontier"]]
+        budget_gaps = {"samples": {}, "seconds": {}}
         for s in map(str, plan.seeds):
             pts = [by_label[lab][s] for lab in by_label if s in by_label[lab]]
             for t, g in curve_gaps(pts, res["frontiers"][s]).items():
                 gaps.setdefault(t, []).append(g)
+            for r, b in (("samples", plan.sample_budget), ("seconds", res["second_budget"])):
+                cut = [at_budget(p, r, b, sec) for p in pts]
+                for t, g in curve_gaps(cut, res["frontiers"][s]).items():
+                    budget_gaps[r].setdefault(t, []).append(g)
             for r in RESOURCES:
                 for wt in plan.win_targets:
                     reach[r].setdefault(str(wt), []).append(cost_to_reach(pts, wt, plan.kl_budget, r, sec))
@@ -516,6 +534,8 @@ def summarize(res: dict, plan: Plan) -> dict:
                                                                                       "win_rate")}}
                      for t, v in gaps.items()},
             "to_reach": reach, "above_frontier": flags,
+            "budget_gaps": {r: {t: R.mean_spread([g["gap_upper"] for g in v]) for t, v in bg.items()}
+                            for r, bg in budget_gaps.items()},
             "queries_per_run": R.mean_spread([p["queries"] for p in allp]),
             "samples_per_run": R.mean_spread([p["samples"] for p in allp]),
             "sec_per_iter": sec,
@@ -667,6 +687,16 @@ def format_results(res: dict) -> str:
                    + f" | {d['queries_per_run']['mean']:.0f} | {d['samples_per_run']['mean']:.0f} | "
                    f"{d['sec_per_iter']:.2f} | {len(d['above_frontier'])} |")
     tm = res.get("timing", {})
+    for r, b in (("samples", f"<= {plan['sample_budget']} samples"),
+                 ("seconds", f"<= {res['second_budget']:.2f} s, the fastest method's whole run")):
+        out.append(f"\nGap below the frontier at matched KL at equal {r} ({b}): every run cut after its last "
+                   "iteration within the budget, the cut points form the curve; mean ± sd over seeds\n")
+        out.append("| method | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS) + " |")
+        out.append("|---|" + "---|" * len(KL_TARGETS))
+        for m, d in res["summary"].items():
+            bg = d["budget_gaps"][r]
+            out.append(f"| {m} | " + " | ".join(f"{bg[str(t)]['mean']:+.3f} ± {bg[str(t)]['sd']:.3f} (n={bg[str(t)]['n']})"
+                                               if str(t) in bg else "not reached" for t in KL_TARGETS) + " |")
     units = {"queries": "queries", "samples": "samples",
              "seconds": "seconds (iterations x the method's warm s / iteration of the timing pass: its CENTER point "
                         f"on the held-out seed, all methods one after another in one process; {tm.get('load_at_start')}"

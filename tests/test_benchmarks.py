@@ -123,6 +123,10 @@ def test_cost_to_reach_and_hyperparameter_choice():
     assert LF.cost_to_reach([slow], 0.7, kl_budget=3.0) == float("inf")
     with pytest.raises(ValueError, match="resource"):
         LF.cost_to_reach([slow], 0.5, 1.0, "flops")
+    # equal budgets: a run is cut after its last iteration within the budget (iteration 0 = pi_ref)
+    assert LF.at_budget(greedy, "samples", 200) == {"iteration": 1, "kl": 1.5, "win_rate": 0.58}
+    assert LF.at_budget(greedy, "queries", 63)["iteration"] == 0
+    assert LF.at_budget(greedy, "seconds", 3.0, sec_per_iter=1.5)["iteration"] == 2
     still = LF.point(_records([(1, 64, 0.01, 0.5)]), fr)   # gap 0.001 but it does not move
     assert LF.choose_lr({(1e-3, 8): still, (3e-3, 8): slow, (3e-3, 16): greedy}) == (3e-3, 8)  # 0.001 / 0.010 / 0.130
     assert LF.choose_lr({(1e-3, 8): still}) == (1e-3, 8)
