@@ -5,8 +5,8 @@
   llm_frontier/        every LLM method on its win-rate/KL curve vs the optimal frontier (benchmarks.llm_frontier)
   figure2/             Figure-2 analog, per-iteration time split (benchmarks.figure2)
 
-    python -m benchmarks.reproduce_all --out_dir docs/figures   # not timed end to end; stages took 20-55 min
-                                                                # each on 2 loaded CPU cores (bandit, llm_frontier)
+    python -m benchmarks.reproduce_all --out_dir docs/figures   # not timed end to end: bandit 15-20 min,
+                                                                # llm_frontier an estimated 1-1.5 h (2 CPU cores)
     python -m benchmarks.reproduce_all --only=contextual_bandit,bandit    # a subset
 
 Each stage runs in its own process (a failure names the stage and its log). Heavy run directories
