@@ -109,7 +109,7 @@ class Plan:
     tournament_samples: int = 4   # samples per eval prompt and policy in the round robin
     win_targets: tuple[float, ...] = (0.55, 0.6)
     kl_budget: float = 1.0
-    sample_budget: int = 256      # equal-samples curves: each run cut at <= this many samples
+    budgets: tuple[str, ...] = ("queries", "samples")  # equal per-iteration budgets swept ("queries" first)
     stage: str = "all"            # "setup": set-ups and frontiers only; "runs": also the runs; "all": everything
     reuse_only: bool = False      # tables from the finished runs only (missing runs are left out, not run)
 
@@ -332,11 +332,16 @@ def finished_records(run_dir: str, num_iterations: int) -> list[dict] | None:
 
 
 def _run(root, method, seed, size, setup, hp, overrides, lang_over=None, keep_policy=False, sub="runs",
-         label="", reuse_only=False):
-    """One run at hp = (learning rate, steps per iteration), reused when finished unless its final policy is
-    needed; None if reuse_only and unfinished."""
+         label="", reuse_only=False, budget="queries"):
+    """One run at hp = (learning rate, steps per iteration) and an equal `budget` per iteration ("queries" or
+    "samples", benchmarks/llm_results.py), reused when finished unless its final policy is needed; None if
+    reuse_only and unfinished. A samples-budget run that has as many prompts as the queries-budget run (WIND,
+    DPO: 2 samples, 1 query per prompt) is that run."""
     lr, steps = hp
-    prompts = R.prompts_for_budget(method, "queries", size.base_prompts, int(overrides.get("num_samples", 0)))
+    n = int(overrides.get("num_samples", 0))
+    prompts = R.prompts_for_budget(method, budget, size.base_prompts, n)
+    if budget != "queries" and prompts != R.prompts_for_budget(method, "queries", size.base_prompts, n):
+        sub = f"{sub}_{budget}"
     run_dir = os.path.join(root, sub, _run_name(method, label, lr, steps, size.steps_per_iteration), f"seed{seed}")
     if not keep_policy:
         done = finished_records(run_dir, size.num_iterations)
@@ -450,28 +455,31 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
             for hp, p in per_hp.items()) + f" -> {hp_key(chosen[m])}")
     res["lr_search"] = lr_search
 
-    # 3. the sweeps, every seed
-    sweep = {}
-    for m in chosen:
-        sweep[m] = {}
-        for label, over in SWEEPS[m]:
-            pts = {}
-            for s in plan.seeds:
-                t = time.time()
-                fr = frontier_of(s)
-                recs = _run(root, m, s, size, setups[s], chosen[m], over, label=label, reuse_only=plan.reuse_only)
-                if recs is None:
-                    continue
-                pts[str(s)] = p = point(recs, fr)
-                flag = "  ABOVE THE FRONTIER" if p["above_frontier"] else ""
-                log(f"[llm_frontier] {m:15s} {label:14s} seed {s}: kl {p['kl']:.3f} win {p['win_rate']:.3f} "
-                    f"gap {p['gap_upper']:+.3f} / {p['gap_lower']:+.3f} ({time.time() - t:.0f} s){flag}")
-            if pts:
-                sweep[m][label] = pts
-        if not sweep[m]:
-            log(f"[llm_frontier] {m}: no finished sweep run; left out")
-            del sweep[m]
-    res["sweep"] = sweep
+    # 3. the sweeps, every seed, at an equal query budget (and, for plan.budgets, other equal budgets)
+    for budget in plan.budgets:
+        sweep = {}
+        for m in chosen:
+            sweep[m] = {}
+            for label, over in SWEEPS[m]:
+                pts = {}
+                for s in plan.seeds:
+                    t = time.time()
+                    fr = frontier_of(s)
+                    recs = _run(root, m, s, size, setups[s], chosen[m], over, label=label,
+                                reuse_only=plan.reuse_only, budget=budget)
+                    if recs is None:
+                        continue
+                    pts[str(s)] = p = point(recs, fr)
+                    flag = "  ABOVE THE FRONTIER" if p["above_frontier"] else ""
+                    log(f"[llm_frontier] {budget} {m:15s} {label:14s} seed {s}: kl {p['kl']:.3f} win "
+                        f"{p['win_rate']:.3f} gap {p['gap_upper']:+.3f} / {p['gap_lower']:+.3f} "
+                        f"({time.time() - t:.0f} s){flag}")
+                if pts:
+                    sweep[m][label] = pts
+            if not sweep[m]:
+                log(f"[llm_frontier] {m}: no finished {budget} sweep run; left out")
+                del sweep[m]
+        res["sweep" if budget == "queries" else f"sweep_{budget}"] = sweep
     res["chosen"] = {m: hp_key(hp) for m, hp in chosen.items()}
     res["frontiers"] = {str(s): f for s, f in frontiers.items()}
 
@@ -494,6 +502,8 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
     secs = [v for k, v in res["timing"].items() if k in chosen and math.isfinite(v)]
     res["second_budget"] = size.num_iterations * min(secs) if secs else float("nan")
     res["summary"] = summarize(res, plan)
+    if "sweep_samples" in res:
+        res["summary_samples"] = summarize(res, plan, "sweep_samples")
     res["wall_seconds"] = time.time() - start
     res["load_at_end"] = R.load_note()
     R.write_json(os.path.join(root, "comparison.json"), res)
@@ -501,28 +511,30 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
     with open(os.path.join(root, "comparison.md"), "w") as f:
         f.write(md)
     plot_curves(res, os.path.join(root, "curves.png"))
+    if res.get("sweep_samples"):
+        plot_curves(res, os.path.join(root, "curves_samples.png"), "sweep_samples")
     if res.get("nontransitive", {}).get("seeds"):
         plot_nontransitive(res, os.path.join(root, "nontransitive.png"))
     log(md)
     return res
 
 
-def summarize(res: dict, plan: Plan) -> dict:
-    """Per method: gaps at each KL target (mean, sd over the seeds whose curve reaches it), above-frontier
-    flags, queries / samples / seconds to reach each win target at the KL budget, per-run counts."""
+def summarize(res: dict, plan: Plan, key: str = "sweep") -> dict:
+    """Per method of res[key]: gaps at each KL target (mean, sd over the seeds whose curve reaches it),
+    above-frontier flags, queries / samples / seconds to reach each win target at the KL budget, per-run counts."""
     out = {}
-    for m, by_label in res["sweep"].items():
+    for m, by_label in res[key].items():
         gaps, reach = {}, {r: {} for r in RESOURCES}
         allp = [p for pts in by_label.values() for p in pts.values()]
         sec = res.get("timing", {}).get(m, float("nan"))
         flags = [(lab, s, p["kl"], p["win_rate"], p["margin"]) for lab, pts in by_label.items()
                  for s, p in pts.items() if p["above_frontier"]]
-        budget_gaps = {"samples": {}, "seconds": {}}
+        budget_gaps = {"seconds": {}}
         for s in map(str, plan.seeds):
             pts = [by_label[lab][s] for lab in by_label if s in by_label[lab]]
             for t, g in curve_gaps(pts, res["frontiers"][s]).items():
                 gaps.setdefault(t, []).append(g)
-            for r, b in (("samples", plan.sample_budget), ("seconds", res["second_budget"])):
+            for r, b in (("seconds", res["second_budget"]),):
                 cut = [at_budget(p, r, b, sec) for p in pts]
                 for t, g in curve_gaps(cut, res["frontiers"][s]).items():
                     budget_gaps[r].setdefault(t, []).append(g)
@@ -687,8 +699,22 @@ def format_results(res: dict) -> str:
                    + f" | {d['queries_per_run']['mean']:.0f} | {d['samples_per_run']['mean']:.0f} | "
                    f"{d['sec_per_iter']:.2f} | {len(d['above_frontier'])} |")
     tm = res.get("timing", {})
-    for r, b in (("samples", f"<= {plan['sample_budget']} samples"),
-                 ("seconds", f"<= {res['second_budget']:.2f} s, the fastest method's whole run")):
+    if res.get("summary_samples"):
+        out.append("\nGap below the frontier at matched KL, equal SAMPLES per iteration (runs made for that budget: "
+                   f"{2 * res['size_fields']['base_prompts']} samples per iteration; WIND and DPO are their "
+                   "equal-query runs), mean ± sd over seeds\n")
+        out.append("| method | KL range | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS)
+                   + " | queries / run | samples / run | " + " | ".join(
+                       f"samples to win >= {w:g} at KL <= {plan['kl_budget']:g}" for w in plan["win_targets"]) + " |")
+        out.append("|---|---|" + "---|" * (len(KL_TARGETS) + 2 + len(plan["win_targets"])))
+        for m, d in res["summary_samples"].items():
+            cells = [_ms(d["gaps"][str(t)]) if str(t) in d["gaps"] else "not reached" for t in KL_TARGETS]
+            reach = [", ".join(f"{q:.0f}" if math.isfinite(q) else "inf" for q in d["to_reach"]["samples"][str(w)])
+                     for w in plan["win_targets"]]
+            out.append(f"| {m} | {d['kl_range'][0]:.2f}-{d['kl_range'][1]:.2f} | " + " | ".join(cells)
+                       + f" | {d['queries_per_run']['mean']:.0f} | {d['samples_per_run']['mean']:.0f} | "
+                       + " | ".join(reach) + " |")
+    for r, b in (("seconds", f"<= {res['second_budget']:.2f} s, the fastest method's whole run"),):
         out.append(f"\nGap below the frontier at matched KL at equal {r} ({b}): every run cut after its last "
                    "iteration within the budget, the cut points form the curve; mean ± sd over seeds\n")
         out.append("| method | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS) + " |")
@@ -791,8 +817,8 @@ _COLORS = {"wind_sq": "tab:blue", "wind_sq_offset": "tab:cyan", "wind_kl": "navy
            "dpo": "tab:red", "jbond": "tab:purple", "bon_distill": "tab:green", "bonbon": "tab:olive"}
 
 
-def plot_curves(res: dict, path: str) -> str:
-    """One panel per seed: frontier bracket (band), best-of-n points, each method's sweep curve."""
+def plot_curves(res: dict, path: str, key: str = "sweep") -> str:
+    """One panel per seed: frontier bracket (band), best-of-n points, each method's sweep curve (res[key])."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -806,17 +832,18 @@ def plot_curves(res: dict, path: str) -> str:
         ax.plot(fr["lower"]["kl"], fr["lower"]["win_rate"], "k--", lw=0.8)
         b = fr["best_of_n"]
         ax.plot(b["kl"], b["win_rate"], "k*", ms=8, label="best-of-n of pi_ref (n=2,4,8,16)")
-        for m, by in res["sweep"].items():
+        for m, by in res[key].items():
             pts = sorted((by[lab][s]["kl"], by[lab][s]["win_rate"]) for lab in by if s in by[lab])
             if pts:
                 ax.plot(*zip(*pts), "o-", color=_COLORS.get(m), ms=3.5, lw=1.1, label=m)
         ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_xlim(0, max(4.0, max(p["kl"] for by in res["sweep"].values() for pts in by.values()
+        ax.set_xlim(0, max(4.0, max(p["kl"] for by in res[key].values() for pts in by.values()
                                     for p in pts.values()) * 1.1))
         ax.axhline(0.5, color="k", lw=0.6, ls=":")
         ax.set_xlabel("KL($\\pi_T$ ‖ $\\pi_{ref}$)")
         ax.set_ylabel("gold win rate vs $\\pi_{ref}$")
-        ax.set_title(f"seed {s}: equal query budget, T={res['size_fields']['num_iterations']}")
+        budget = "sample" if key == "sweep_samples" else "query"
+        ax.set_title(f"seed {s}: equal {budget} budget, T={res['size_fields']['num_iterations']}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6.5, loc="upper left", ncol=2)  # the low-KL corner stays empty
     return R.save_figure(fig, path)

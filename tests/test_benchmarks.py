@@ -184,5 +184,7 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert T["names"] == ["pi_ref", "wind_sq", "dpo"]
     assert len(res["nontransitive"]["sweep"]["0"]["dpo"]["points"]) == len(LF.SWEEPS["dpo"])
     assert all(res["timing"][m] > 0 for m in ("wind_sq", "dpo"))   # warm seconds of the one-process timing pass
+    # WIND and DPO draw 2 samples and ask 1 query per prompt: their equal-samples runs are their equal-query runs
+    assert res["sweep_samples"]["dpo"] == res["sweep"]["dpo"]
     for f in ("comparison.json", "comparison.md", "curves.png", "nontransitive.png"):
         assert os.path.exists(tmp_path / "quick" / f)
