@@ -28,7 +28,8 @@ A point above the frontier's upper curve by more than twice the combined standar
     python -m benchmarks.llm_frontier --out_dir outputs/llm_frontier              # everything, one process
     python -m benchmarks.llm_frontier --quick --out_dir /tmp/llm_frontier_quick   # smoke (not a result)
 Side by side: one `--stage=setup` process per group of seeds (--seeds, --heldout_seed, --nontransitive_seeds),
-then several `--stage=runs` processes (each claims whole methods), then `--stage=all --reuse_only` for the tables.
+then several `--stage=runs` processes (each claims whole methods; once the searches are cached the first process
+claims them all, so give such processes disjoint --methods), then `--stage=all` for the timing pass and tables.
 Runs are compile-dominated on CPU: a method's first run compiles (minutes under load), later ones reuse it.
 
 Writes <out_dir>/<size>/comparison.json, comparison.md, curves.png, nontransitive.png.
@@ -112,6 +113,7 @@ class Plan:
     budgets: tuple[str, ...] = ("queries", "samples")  # equal per-iteration budgets swept ("queries" first)
     stage: str = "all"            # "setup": set-ups and frontiers only; "runs": also the runs; "all": everything
     reuse_only: bool = False      # tables from the finished runs only (missing runs are left out, not run)
+    hp_curves: bool = True        # every grid configuration's whole sweep on the held-out seed (sensitivity)
 
 
 # ------------------------------------------------------------------------------------ sampling, gold
@@ -455,6 +457,22 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
             for hp, p in per_hp.items()) + f" -> {hp_key(chosen[m])}")
     res["lr_search"] = lr_search
 
+    # 2b. sensitivity of the choice: every grid configuration's whole sweep on the held-out seed, its curve's
+    # gaps at matched KL (what a matched-KL selection rule would compare)
+    if plan.hp_curves:
+        res["hp_curves"] = {}
+        for m in chosen:
+            per = {}
+            for hp in grid:
+                pts = [_run(root, m, plan.heldout_seed, size, setups[plan.heldout_seed], hp, over, label=label,
+                            reuse_only=plan.reuse_only) for label, over in SWEEPS[m]]
+                pts = [point(r, frontiers[plan.heldout_seed]) for r in pts if r is not None]
+                if len(pts) == len(SWEEPS[m]):
+                    per[hp_key(hp)] = {"gaps": {t: g["gap_upper"] for t, g in
+                                                curve_gaps(pts, frontiers[plan.heldout_seed]).items()},
+                                       "kl_range": [min(p["kl"] for p in pts), max(p["kl"] for p in pts)]}
+            res["hp_curves"][m] = per
+
     # 3. the sweeps, every seed, at an equal query budget (and, for plan.budgets, other equal budgets)
     for budget in plan.budgets:
         sweep = {}
@@ -688,6 +706,20 @@ def format_results(res: dict) -> str:
         cells = [f"{d['points'][g]['kl']:.2f}, {d['points'][g]['win_rate']:.3f}, {d['points'][g]['gap_upper']:+.3f}"
                  for g in grid]
         out.append(f"| {m} | {d['at']} | " + " | ".join(cells) + f" | {d['chosen']} |")
+    if res.get("hp_curves"):
+        out.append("\nSensitivity of the choice: each grid configuration's whole sweep on the held-out seed, its "
+                   "curve's gap below the frontier at matched KL (cell: gaps at KL " + " / ".join(
+                       f"{t:g}" for t in KL_TARGETS) + ", '-' = not reached); * = the configuration chosen\n")
+        out.append("| method | " + " | ".join(grid) + " |")
+        out.append("|---|" + "---|" * len(grid))
+        for m, per in res["hp_curves"].items():
+            cells = []
+            for g in grid:
+                d = per.get(g)
+                cell = " / ".join(f"{d['gaps'][str(t)]:.3f}" if str(t) in d["gaps"] else "-" for t in KL_TARGETS) \
+                    if d else "unfinished"
+                cells.append(cell + (" *" if g == res["lr_search"][m]["chosen"] else ""))
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
     out.append("\nGap below the frontier at matched KL (upper-curve gap, mean ± sd over seeds whose curve reaches "
                "that KL; positive = below), equal preference queries per iteration\n")
     out.append("| method | KL range | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS)

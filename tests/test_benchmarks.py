@@ -180,6 +180,7 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert fr["upper"]["kl"][0] == 0.0 and abs(fr["upper"]["win_rate"][0] - 0.5) < 4 * fr["upper"]["win_rate_se"][0]
     assert set(res["sweep"]) == {"wind_sq", "dpo"} and len(res["sweep"]["dpo"]) == len(LF.SWEEPS["dpo"])
     assert len(res["lr_search"]["dpo"]["points"]) == 4   # 2 lrs x 2 steps per iteration
+    assert len(res["hp_curves"]["dpo"]) == 4             # and each configuration's whole sweep on the held-out seed
     T = res["nontransitive"]["seeds"]["0"]["tournament"]
     assert T["names"] == ["pi_ref", "wind_sq", "dpo"]
     assert len(res["nontransitive"]["sweep"]["0"]["dpo"]["points"]) == len(LF.SWEEPS["dpo"])
