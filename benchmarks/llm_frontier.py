@@ -924,6 +924,28 @@ def plot_nontransitive(res: dict, path: str) -> str:
     return R.save_figure(fig, path)
 
 
+def recheck(out_dir: str, overrides: dict, plan: Plan = Plan(), log=print) -> dict:
+    """The equal-query sweep of each method in `overrides` ({method: (lr, steps)}) on plan.seeds at the given
+    hyperparameters instead of the chosen ones (set-ups and frontiers must exist): its gaps at matched KL,
+    mean ± sd over seeds, printed and written to <out_dir>/<size>/recheck.json. For checking how much a
+    result depends on the selection rule."""
+    size = SIZES[plan.size]
+    root = os.path.join(os.path.abspath(out_dir), plan.size)
+    out = {}
+    for m, hp in overrides.items():
+        gaps = {}
+        for s in plan.seeds:
+            fr, setup = reference_frontier(root, s, size, plan)
+            pts = [point(_run(root, m, s, size, setup, hp, over, label=label), fr) for label, over in SWEEPS[m]]
+            for t, g in curve_gaps(pts, fr).items():
+                gaps.setdefault(t, []).append(g["gap_upper"])
+        out[m] = {"hp": hp_key(hp), "gaps": {t: R.mean_spread(v) for t, v in gaps.items()}}
+        log(f"[llm_frontier] recheck {m} at {hp_key(hp)}: " + ", ".join(
+            f"KL {t}: {d['mean']:+.3f} ± {d['sd']:.3f} (n={d['n']})" for t, d in out[m]["gaps"].items()))
+    R.write_json(os.path.join(root, "recheck.json"), out)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out_dir", default="outputs/llm_frontier")
@@ -934,6 +956,8 @@ def main(argv=None):
     p.add_argument("--nontransitive_sweep_seeds", default="0,1,2",
                    help="non-transitive seeds on which every sweep point runs (exploitability at matched KL)")
     p.add_argument("--heldout_seed", type=int, default=100)
+    p.add_argument("--recheck", default="", help="method:lr:steps,... rerun these methods' equal-query sweeps at "
+                                                 "other hyperparameters and print their gaps (after a comparison)")
     p.add_argument("--reuse_only", action="store_true", help="tables from finished runs only; run nothing new")
     p.add_argument("--stage", default="all", choices=("setup", "runs", "all"),
                    help="setup: set-ups and frontiers; runs: also the lr search and sweeps of --methods (run "
@@ -950,6 +974,12 @@ def main(argv=None):
                                    nontransitive_sweep_seeds=(0,), tournament_samples=2)
     if not plan.seeds:
         raise ValueError("--seeds: at least one seed")
+    if a.recheck:
+        items = [item.split(":") for item in a.recheck.split(",") if item.strip()]
+        if any(len(i) != 3 or i[0] not in SWEEPS for i in items):
+            raise ValueError(f"--recheck: expected method:lr:steps items with a known method, got {a.recheck!r}")
+        recheck(a.out_dir, {m: (float(lr), int(k)) for m, lr, k in items}, plan)
+        return
     run_comparison(a.out_dir, plan)
 
 

@@ -181,6 +181,9 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert set(res["sweep"]) == {"wind_sq", "dpo"} and len(res["sweep"]["dpo"]) == len(LF.SWEEPS["dpo"])
     assert len(res["lr_search"]["dpo"]["points"]) == 4   # 2 lrs x 2 steps per iteration
     assert len(res["hp_curves"]["dpo"]) == 4             # and each configuration's whole sweep on the held-out seed
+    # a recheck at another configuration reuses the held-out-seed machinery on the evaluation seeds
+    rc = LF.recheck(str(tmp_path), {"dpo": (1e-3, 4)}, plan, log=lambda *_: None)
+    assert rc["dpo"]["hp"] == "lr=0.001 k=4" and os.path.exists(tmp_path / "quick" / "recheck.json")
     T = res["nontransitive"]["seeds"]["0"]["tournament"]
     assert T["names"] == ["pi_ref", "wind_sq", "dpo"]
     assert len(res["nontransitive"]["sweep"]["0"]["dpo"]["points"]) == len(LF.SWEEPS["dpo"])
