@@ -9,7 +9,9 @@ Stages (all in one process: equal shapes share compiled programs, and beta / eta
      evaluates on the other half (a real policy, biased down); best-of-n points under w_ref.
   2. hyperparameter search: per method, the same grid (--lrs x steps per outer iteration) at its CENTER point
      on a held-out set-up seed; the (lr, steps) whose final point lies closest below that seed's frontier (among
-     points with KL >= 0.1; a run that does not move is not a result) is kept.
+     points with KL >= 0.1; a run that does not move is not a result) is kept. Sensitivity (hp_curves): every
+     grid configuration's whole sweep on the held-out seed, its gaps at matched KL; --recheck reruns chosen
+     methods' sweeps on the evaluation seeds at other configurations.
   3. sweep: each method over its own regularizer (SWEEPS: four points each), every seed, at an equal
      preference-QUERY budget per outer iteration (benchmarks/llm_results.py); queries, samples and warm seconds
      needed to reach a win rate within a KL budget are read from each run's per-iteration evaluations.
