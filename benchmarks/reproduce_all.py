@@ -6,7 +6,7 @@
   figure2/             Figure-2 analog, per-iteration time split (benchmarks.figure2)
 
     python -m benchmarks.reproduce_all --out_dir docs/figures   # not timed end to end: bandit 15-20 min,
-                                                                # llm_frontier an estimated 1-1.5 h (2 CPU cores)
+                                                                # llm_frontier an estimated 1.5-2 h (2 CPU cores)
     python -m benchmarks.reproduce_all --only=contextual_bandit,bandit    # a subset
 
 Each stage runs in its own process (a failure names the stage and its log). Heavy run directories
