@@ -304,7 +304,7 @@ def hp_key(hp: tuple[float, int]) -> str:
     return f"lr={hp[0]:g} k={hp[1]}"
 
 
-def choose_lr(per_hp: dict) -> object:
+def choose_hp(per_hp: dict) -> object:
     """The hyperparameters (lr, steps) whose point lies closest below the frontier (gap_floor: the gap, or its
     lower bound beyond the frontier's KL range), among points with KL >= 0.1; if none moves that far, the
     hyperparameters with the largest KL."""
@@ -451,7 +451,7 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
         if len(per_hp) < len(grid):
             log(f"[llm_frontier] {m}: hyperparameter search unfinished; left out")
             continue
-        chosen[m] = choose_lr(per_hp)
+        chosen[m] = choose_hp(per_hp)
         lr_search[m] = {"at": label, "points": {hp_key(hp): {k: v for k, v in p.items() if k != "trajectory"}
                                                 for hp, p in per_hp.items()}, "chosen": hp_key(chosen[m])}
         log(f"[llm_frontier] hp {m} at {label}: " + ", ".join(
@@ -528,8 +528,10 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
     res["load_at_end"] = R.load_note()
     R.write_json(os.path.join(root, "comparison.json"), res)
     md = format_results(res)
-    with open(os.path.join(root, "comparison.md"), "w") as f:
+    tmp = os.path.join(root, f"comparison.md.tmp{os.getpid()}")  # moved into place: never half a table
+    with open(tmp, "w") as f:
         f.write(md)
+    os.replace(tmp, os.path.join(root, "comparison.md"))
     plot_curves(res, os.path.join(root, "curves.png"))
     if res.get("sweep_samples"):
         plot_curves(res, os.path.join(root, "curves_samples.png"), "sweep_samples")
@@ -549,15 +551,14 @@ def summarize(res: dict, plan: Plan, key: str = "sweep") -> dict:
         sec = res.get("timing", {}).get(m, float("nan"))
         flags = [(lab, s, p["kl"], p["win_rate"], p["margin"]) for lab, pts in by_label.items()
                  for s, p in pts.items() if p["above_frontier"]]
-        budget_gaps = {"seconds": {}}
+        time_gaps = {}
         for s in map(str, plan.seeds):
             pts = [by_label[lab][s] for lab in by_label if s in by_label[lab]]
             for t, g in curve_gaps(pts, res["frontiers"][s]).items():
                 gaps.setdefault(t, []).append(g)
-            for r, b in (("seconds", res["second_budget"]),):
-                cut = [at_budget(p, r, b, sec) for p in pts]
-                for t, g in curve_gaps(cut, res["frontiers"][s]).items():
-                    budget_gaps[r].setdefault(t, []).append(g)
+            cut = [at_budget(p, "seconds", res["second_budget"], sec) for p in pts]
+            for t, g in curve_gaps(cut, res["frontiers"][s]).items():
+                time_gaps.setdefault(t, []).append(g)
             for r in RESOURCES:
                 for wt in plan.win_targets:
                     reach[r].setdefault(str(wt), []).append(cost_to_reach(pts, wt, plan.kl_budget, r, sec))
@@ -566,8 +567,7 @@ def summarize(res: dict, plan: Plan, key: str = "sweep") -> dict:
                                                                                       "win_rate")}}
                      for t, v in gaps.items()},
             "to_reach": reach, "above_frontier": flags,
-            "budget_gaps": {r: {t: R.mean_spread([g["gap_upper"] for g in v]) for t, v in bg.items()}
-                            for r, bg in budget_gaps.items()},
+            "equal_time_gaps": {t: R.mean_spread([g["gap_upper"] for g in v]) for t, v in time_gaps.items()},
             "queries_per_run": R.mean_spread([p["queries"] for p in allp]),
             "samples_per_run": R.mean_spread([p["samples"] for p in allp]),
             "sec_per_iter": sec,
@@ -748,15 +748,15 @@ def format_results(res: dict) -> str:
             out.append(f"| {m} | {d['kl_range'][0]:.2f}-{d['kl_range'][1]:.2f} | " + " | ".join(cells)
                        + f" | {d['queries_per_run']['mean']:.0f} | {d['samples_per_run']['mean']:.0f} | "
                        + " | ".join(reach) + " |")
-    for r, b in (("seconds", f"<= {res['second_budget']:.2f} s, the fastest method's whole run"),):
-        out.append(f"\nGap below the frontier at matched KL at equal {r} ({b}): every run cut after its last "
-                   "iteration within the budget, the cut points form the curve; mean ± sd over seeds\n")
-        out.append("| method | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS) + " |")
-        out.append("|---|" + "---|" * len(KL_TARGETS))
-        for m, d in res["summary"].items():
-            bg = d["budget_gaps"][r]
-            out.append(f"| {m} | " + " | ".join(f"{bg[str(t)]['mean']:+.3f} ± {bg[str(t)]['sd']:.3f} (n={bg[str(t)]['n']})"
-                                               if str(t) in bg else "not reached" for t in KL_TARGETS) + " |")
+    out.append(f"\nGap below the frontier at matched KL at equal seconds (<= {res['second_budget']:.2f} s, the fastest "
+               "method's whole run): every run cut after its last iteration within the budget, the cut points form "
+               "the curve; mean ± sd over seeds\n")
+    out.append("| method | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS) + " |")
+    out.append("|---|" + "---|" * len(KL_TARGETS))
+    for m, d in res["summary"].items():
+        g = d["equal_time_gaps"]
+        out.append(f"| {m} | " + " | ".join(f"{g[str(t)]['mean']:+.3f} ± {g[str(t)]['sd']:.3f} (n={g[str(t)]['n']})"
+                                           if str(t) in g else "not reached" for t in KL_TARGETS) + " |")
     units = {"queries": "queries", "samples": "samples",
              "seconds": "seconds (iterations x the method's warm s / iteration of the timing pass: its CENTER point "
                         f"on the held-out seed, all methods one after another in one process; {tm.get('load_at_start')}"
@@ -817,7 +817,8 @@ def format_results(res: dict) -> str:
             out.append(f"\nExploitability proxy at matched KL, non-transitive seed {s} (each method's sweep, sorted by "
                        f"KL, interpolated; pi_ref: {nt['seeds'][s]['methods']['pi_ref']['exploitability']['upper']:.3f}"
                        f" at KL 0)\n" if s in nt["seeds"] else f"\nExploitability proxy at matched KL, seed {s}\n")
-            out.append("| method | KL range | " + " | ".join(f"@ KL {t:g}" for t in KL_TARGETS) + " | points (KL: expl.) |")
+            out.append("| method | KL range | " + " | ".join(f"@ KL {t:g}" for t in KL_TARGETS)
+                       + " | points (KL: expl.) |")
             out.append("|---|---|" + "---|" * (len(KL_TARGETS) + 1))
             for m, d in sw.items():
                 ks = [p["kl"] for p in d["points"]]
@@ -847,8 +848,9 @@ def nontransitive_scores(d: dict) -> dict:
     return dict(zip(d["tournament"]["names"], (T.sum(1) - 0.5) / max(len(T) - 1, 1)))
 
 
-_COLORS = {"wind_sq": "tab:blue", "wind_sq_offset": "tab:cyan", "wind_kl": "navy", "wind_nce": "tab:pink", "sppo": "tab:orange", "sppo_beta": "tab:brown",
-           "dpo": "tab:red", "jbond": "tab:purple", "bon_distill": "tab:green", "bonbon": "tab:olive"}
+_COLORS = {"wind_sq": "tab:blue", "wind_sq_offset": "tab:cyan", "wind_kl": "navy", "wind_nce": "tab:pink",
+           "sppo": "tab:orange", "sppo_beta": "tab:brown", "dpo": "tab:red", "jbond": "tab:purple",
+           "bon_distill": "tab:green", "bonbon": "tab:olive"}
 
 
 def plot_curves(res: dict, path: str, key: str = "sweep") -> str:

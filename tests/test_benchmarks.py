@@ -128,11 +128,11 @@ def test_cost_to_reach_and_hyperparameter_choice():
     assert LF.at_budget(greedy, "queries", 63)["iteration"] == 0
     assert LF.at_budget(greedy, "seconds", 3.0, sec_per_iter=1.5)["iteration"] == 2
     still = LF.point(_records([(1, 64, 0.01, 0.5)]), fr)   # gap 0.001 but it does not move
-    assert LF.choose_lr({(1e-3, 8): still, (3e-3, 8): slow, (3e-3, 16): greedy}) == (3e-3, 8)  # 0.001 / 0.010 / 0.130
-    assert LF.choose_lr({(1e-3, 8): still}) == (1e-3, 8)
+    assert LF.choose_hp({(1e-3, 8): still, (3e-3, 8): slow, (3e-3, 16): greedy}) == (3e-3, 8)  # 0.001 / 0.010 / 0.130
+    assert LF.choose_hp({(1e-3, 8): still}) == (1e-3, 8)
     far = LF.point(_records([(1, 64, 5.0, 0.79)]), fr)   # beyond the frontier's last KL (3, win 0.8)
     assert math.isnan(far["gap_upper"]) and far["gap_floor"] == pytest.approx(0.01)
-    assert LF.choose_lr({(1e-3, 8): greedy, (3e-3, 8): far}) == (3e-3, 8)   # its gap is at least 0.01 < 0.13
+    assert LF.choose_hp({(1e-3, 8): greedy, (3e-3, 8): far}) == (3e-3, 8)   # its gap is at least 0.01 < 0.13
 
 
 def test_every_method_has_an_equal_sweep_and_exploitability_interpolates():
@@ -173,8 +173,8 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
 
     from benchmarks import llm_frontier as LF
     plan = dataclasses.replace(LF.Plan(), size="quick", seeds=(0,), heldout_seed=1, methods=("wind_sq", "dpo"),
-                               lrs=(1e-3, 3e-3), steps=(2, 4), nontransitive_sweep_seeds=(0,), ref_samples=16, ref_opponents=8, exploit_samples=8,
-                               nontransitive_seeds=(0,), tournament_samples=2)
+                               lrs=(1e-3, 3e-3), steps=(2, 4), nontransitive_sweep_seeds=(0,), ref_samples=16,
+                               ref_opponents=8, exploit_samples=8, nontransitive_seeds=(0,), tournament_samples=2)
     res = LF.run_comparison(str(tmp_path), plan, log=lambda *_: None)
     fr = res["frontiers"]["0"]
     assert fr["upper"]["kl"][0] == 0.0 and abs(fr["upper"]["win_rate"][0] - 0.5) < 4 * fr["upper"]["win_rate_se"][0]
