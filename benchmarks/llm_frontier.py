@@ -4,7 +4,7 @@ frontier of the synthetic task's pi_ref (issue 13; MATH.md "The optimal win-rate
 Stages (all in one process: equal shapes share compiled programs, and beta / eta / lr are traced):
   1. frontier: per set-up seed, M samples of pi_ref on the evaluation prompts of the loop (the same prompts the
      loop's eval uses), w_ref of each from EXACT gold probabilities against K fresh pi_ref samples, the tilt
-     family by self-normalized reweighting (wind_jax.frontier.mc_frontier) as a bracket: "upper" tilts and
+     family by self-normalized reweighting (wind_jax.monte_carlo_frontier.mc_frontier) as a bracket: "upper" tilts and
      evaluates on the same w estimate (biased up by its noise), "lower" tilts on half the opponents and
      evaluates on the other half (a real policy, biased down); best-of-n points under w_ref.
   2. hyperparameter search: per method, the same grid (--lrs x steps per outer iteration) at its CENTER point
@@ -179,7 +179,7 @@ def self_frontier(policy, lang, prompts, key, M: int, K: int, lambdas=LAMBDAS, n
     w of each of M samples = mean exact gold probability of beating K fresh samples; halves for cross-fitting."""
     import jax
 
-    from wind_jax import frontier as F
+    from wind_jax import monte_carlo_frontier as F
     ka, kb = jax.random.split(key)
     a, ma = draw(policy, lang, prompts, M, ka)
     b, mb = draw(policy, lang, prompts, K, kb)

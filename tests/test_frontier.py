@@ -1,11 +1,11 @@
-"""Monte Carlo frontier (wind_jax.frontier) against the exact tabular frontier (wind_jax.games), calibration of
+"""Monte Carlo frontier (wind_jax.monte_carlo_frontier) against the exact tabular frontier (wind_jax.games), calibration of
 its delta-method standard errors by repetition, and the best-of-n points against exact tabular BoN."""
 
 import numpy as np
 import pytest
 
 from tests import _games_reference as ref
-from wind_jax import frontier as mc
+from wind_jax import monte_carlo_frontier as mc
 from wind_jax import games
 
 LAMBDAS = np.array([0.0, 1.0, 4.0, 10.0, 25.0])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests import _games_reference as ref
-from wind_jax import frontier as mc
+from wind_jax import monte_carlo_frontier as mc
 from wind_jax import games
 
 

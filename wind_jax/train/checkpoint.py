@@ -189,3 +189,29 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# ------------------------------------------------------------------------ named pytrees
+def _path_name(path) -> str:
+    parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    if parts and parts[-1] == "value":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def named(tree) -> dict[str, Any]:
+    """{"layers.attn.q_proj.kernel": array, ...}: a pytree as a flat dict keyed by its paths (a checkpoint
+    readable without the module tree)."""
+    return {_path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def from_named(template, flat: Mapping[str, Any], what: str):
+    """Inverse of `named` onto `template`'s structure; a ValueError names missing / unexpected entries."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    names = [_path_name(p) for p, _ in paths]
+    missing, extra = sorted(set(names) - set(flat)), sorted(set(flat) - set(names))
+    if missing or extra:
+        raise ValueError(f"checkpoint {what!r} does not match the current model: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}")
+    return jax.tree.unflatten(treedef, [flat[n] for n in names])
+
