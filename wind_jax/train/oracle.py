@@ -9,9 +9,12 @@ right-padded (the mask says which entries are real).
 Oracles:
   GoldOracle(fn)         a known function (the evaluator's gold preference, e.g. SyntheticLanguage).
   HeadOracle(prob_fn)    a learned reward / preference head; symmetrized: (p(a,b) + 1 - p(b,a)) / 2.
+                         HeadOracle.from_reward_head(head, mesh=) scores an imported reward model.
   JudgeOracle(model,...) a wind_jax language model asked which response is better; the probability of
                          answering "A" vs "B" is averaged over both presentation orders, so
                          P(a, b) + P(b, a) = 1 exactly.
+With `mesh=` the judge / reward model is placed on the mesh by its logical axes (wind_jax.train.on_mesh:
+FROZEN_AXIS_RULES) and its forward is jitted with shardings; each process judges its own rows.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wind_jax.sampling import Tokens
+from wind_jax.train.on_mesh import FrozenForward
 
 
 class Preference(NamedTuple):
@@ -108,6 +112,19 @@ class HeadOracle(PreferenceOracle):
         self.symmetrize = symmetrize
 
     @classmethod
+    def from_reward_head(cls, head, *, mesh=None) -> "HeadOracle":
+        """Bradley-Terry oracle of a wind_jax RewardHead (e.g. from convert.import_reward_model). mesh=None:
+        wind_jax.models.heads.reward_prob_fn as is; with a mesh the head is placed on it and each side is
+        scored on [prompt | response] by one sharded program (`reward_pair_fn`)."""
+        from wind_jax.models.heads import RewardHead, reward_prob_fn
+        if not isinstance(head, RewardHead):
+            raise ValueError(f"from_reward_head: head must be a RewardHead, got {type(head).__name__}")
+        if mesh is None:
+            return cls(reward_prob_fn(head), symmetrize=False)
+        fwd = FrozenForward(head, reward_pair_fn, mesh, num_inputs=6)
+        return cls(lambda p, a, b: fwd(p.tokens, p.mask, a.tokens, a.mask, b.tokens, b.mask), symmetrize=False)
+
+    @classmethod
     def from_reward(cls, reward_fn: Callable[[Tokens, Tokens], jax.Array]) -> "HeadOracle":
         """Bradley-Terry: P(a beats b) = sigmoid(r(prompt, a) - r(prompt, b))."""
         def prob(prompt, a, b):
@@ -119,6 +136,12 @@ class HeadOracle(PreferenceOracle):
         if self.symmetrize:  # on the host: no eager device program per call
             p = 0.5 * (np.asarray(p, np.float32) + 1.0 - np.asarray(self._fn(prompt, b, a), np.float32))
         return p
+
+
+def reward_pair_fn(head, pt, pm, at, am, bt, bm) -> jax.Array:
+    """P(a beats b) = sigmoid(r([prompt | a]) - r([prompt | b])), [B] float32 (a RewardHead's module)."""
+    cat = lambda x, y: jnp.concatenate([x, y], axis=1)  # noqa: E731
+    return head.preference(cat(pt, at), cat(pm, am).astype(bool), cat(pt, bt), cat(pm, bm).astype(bool))
 
 
 # ---- LLM judge ------------------------------------------------------------------------------------------
@@ -198,13 +221,15 @@ class JudgeOracle(PreferenceOracle):
     name = "judge"
 
     def __init__(self, model, template: JudgeTemplate, *, batch_size: int | None = None,
-                 max_length: int | None = None):
+                 max_length: int | None = None, mesh=None):
         super().__init__()
         self.template = template
         self.batch_size = batch_size
         config = getattr(model, "config", None)
         self.max_length = max_length or getattr(config, "max_position_embeddings", None)
         self._forward = _make_forward(model)
+        self._on_mesh = None if mesh is None else FrozenForward(model, judge_first_choice_fn(template), mesh,
+                                                                  num_inputs=3)
 
     def first_choice_prob(self, prompt: Tokens, first: Tokens, second: Tokens) -> jax.Array:
         """P(judge answers the first-shown response), float32 [B], one presentation order. An input longer
@@ -217,6 +242,8 @@ class JudgeOracle(PreferenceOracle):
                 raise ValueError(f"judge input of {longest} tokens exceeds the judge's context of "
                                  f"{self.max_length} tokens (shorten prompts / max_new_tokens, or set "
                                  f"config.real.judge_max_tokens)")
+        if self._on_mesh is not None:
+            return jnp.asarray(self._on_mesh(tokens, mask, positions))
         logits = self._forward(tokens, mask, positions)
         last = logits[:, -1, :].astype(jnp.float32)
         return jax.nn.sigmoid(last[:, self.template.answer_a] - last[:, self.template.answer_b])
@@ -230,6 +257,21 @@ class JudgeOracle(PreferenceOracle):
             p, x, y = (Tokens(t.tokens[sl], t.mask[sl]) for t in (prompt, a, b))
             out.append(0.5 * (self.first_choice_prob(p, x, y) + 1.0 - self.first_choice_prob(p, y, x)))
         return jnp.concatenate(out)
+
+
+def judge_first_choice_fn(template: JudgeTemplate):
+    """fn(model, tokens, mask, positions) -> P(the judge answers the first-shown response) [B] float32, from
+    the logits of the last position only (a Transformer's lm head runs on that position alone)."""
+    def fn(model, tokens, mask, positions):
+        if hasattr(model, "hidden") and hasattr(model, "logits_from_hidden"):
+            h = model.hidden(tokens, positions=positions, attention_mask=mask)
+            last = model.logits_from_hidden(h[:, -1:])[:, 0]
+        else:
+            out = model(tokens, positions=positions, attention_mask=mask)
+            last = (out[0] if isinstance(out, tuple) else out)[:, -1]
+        last = last.astype(jnp.float32)
+        return jax.nn.sigmoid(last[:, template.answer_a] - last[:, template.answer_b])
+    return fn
 
 
 def _make_forward(model):
