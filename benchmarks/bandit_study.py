@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.bandit_sample_efficiency import equilibrium, make_setting, use_cheap_codegen
 from wind_jax import games
 from wind_jax.bandit import algorithms
+from wind_jax.bandit.settings import equilibrium, make_setting, use_cheap_codegen
 
 SETTINGS = ("bradley_terry/realizable", "bradley_terry/misspecified", "nontransitive/realizable",
             "nontransitive/misspecified")
