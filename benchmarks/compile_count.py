@@ -67,7 +67,7 @@ def count(method: str = "wind_sq", num_iterations: int = 3, overrides=()) -> dic
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         c.out_dir = tmp
-        loop, _ = tasks.build_loop(c, progress=False, verbose=False)
+        loop = tasks.build_loop(c, progress=False, verbose=False).loop
         out["setup"] = list(handler.names)
         handler.names.clear()
         phases: dict[int, list[str]] = {}

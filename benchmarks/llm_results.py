@@ -1,7 +1,7 @@
 """Shared machinery of the LLM-alignment results (benchmarks.llm_frontier: every method on its own win-rate /
-KL curve against the optimal frontier; benchmarks.llm_table: equal-budget table; benchmarks.figure2:
-Figure-2 analog): size presets, per-method budgets, running experiments.llm_alignment.run in one process
-(equal shapes share compiled programs), reading its metric records, and formatting.
+KL curve against the optimal frontier; benchmarks.figure2: Figure-2 analog): size presets, per-method
+budgets, running experiments.llm_alignment.run in one process (equal shapes share compiled programs),
+reading its metric records, and formatting.
 
 Budgets (MATH.md "Algorithm 3" and "Baselines"; accounting of wind_jax/train/loop.py, per prompt):
   wind_sq, wind_sq_offset, wind_kl, wind_nce   2 samples of pi_t, 1 query (one duel)
@@ -10,7 +10,7 @@ Budgets (MATH.md "Algorithm 3" and "Baselines"; accounting of wind_jax/train/loo
   jbond                                       1 sample of pi_t + 2 of the anchor, 3 queries
   bon_distill                                 n = 4 samples, 6 queries
   bonbon                                      n = 8 samples of pi_ref, 28 queries
-(read from the method records of wind_jax.train.methods, so a changed n / K changes the counts)
+(read from the method records of wind_jax.methods, so a changed n / K changes the counts)
 An equal QUERY budget Q gives each method floor(Q / queries per prompt) prompts per iteration; an equal
 SAMPLE budget S gives floor(S / samples per prompt). Every method keeps the same optimizer steps per
 iteration. The measured counts are read back from the run's metrics.jsonl and reported next to the plan.
@@ -65,10 +65,10 @@ def get_size(name: str) -> Size:
 
 def per_prompt_cost(method: str, num_samples: int = 0) -> tuple[int, int]:
     """(samples, preference queries) one prompt costs `method` per outer iteration, read from its record in
-    wind_jax.train.methods (num_samples = n / K; 0 = the method's default)."""
+    wind_jax.methods (num_samples = n / K; 0 = the method's default)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    from wind_jax.train.methods import get_method
+    from wind_jax.methods import get_method
     rec = get_method(method)
     n = rec.n(num_samples)
     return rec.total_samples(n), rec.queries(n)
@@ -163,12 +163,22 @@ def run_one(run_dir: str, method: str, seed: int, size: Size, prompts: int, setu
 
 
 # ------------------------------------------------------------------------------------------ reading
+def _warm(records: Sequence[Mapping]) -> list[Mapping]:
+    return [r for r in records if r.get("iteration", 0) >= 2 and "time/iteration" in r]
+
+
 def warm(records: Sequence[Mapping]) -> list[Mapping]:
     """Iteration records after warm-up: iteration >= 2 (iteration 1 compiles the sampler / judge / step)."""
-    out = [r for r in records if r.get("iteration", 0) >= 2 and "time/iteration" in r]
+    out = _warm(records)
     if not out:
         raise ValueError("records: no iteration >= 2 with timings (num_iterations must be >= 2)")
     return out
+
+
+def warm_seconds(records: Sequence[Mapping]) -> float:
+    """Median wall seconds of a warm outer iteration (time/iteration of the warm records); NaN if none."""
+    ws = _warm(records)
+    return float(statistics.median(r["time/iteration"] for r in ws)) if ws else float("nan")
 
 
 def phase_medians(records: Sequence[Mapping]) -> dict[str, float]:
@@ -179,7 +189,7 @@ def phase_medians(records: Sequence[Mapping]) -> dict[str, float]:
     out = {p: statistics.median(r.get(f"time/{p}", 0.0) for r in ws) for p in named}
     out["other"] = statistics.median(max(r["time/iteration"] - sum(r.get(f"time/{p}", 0.0) for p in named), 0.0)
                                      for r in ws)
-    out["total"] = statistics.median(r["time/iteration"] for r in ws)
+    out["total"] = warm_seconds(ws)
     return out
 
 

@@ -36,7 +36,8 @@ def run(c, *, progress=None, verbose=True):
     from wind_jax.train.tasks import build_loop
     if not c.out_dir:
         c.out_dir = os.path.join("outputs", "llm_alignment", c.method)
-    loop, info = build_loop(c, progress=progress, verbose=verbose)
+    task = build_loop(c, progress=progress, verbose=verbose)
+    loop, info = task.loop, task.info
     main_process = jax.process_index() == 0
     if main_process:
         with open(os.path.join(loop.out_dir, "setup_info.json"), "w") as f:
@@ -45,7 +46,7 @@ def run(c, *, progress=None, verbose=True):
     written = {"metrics": os.path.join(loop.out_dir, "metrics.jsonl"), "run info": os.path.join(loop.out_dir, "run.json"),
                "checkpoints (id = iteration * (steps_per_iteration + 1) + step)": loop.ckpt.directory.as_posix()}
     if c.export_dir:
-        written["Hugging Face export"] = loop.export(c.export_dir, tokenizer=getattr(loop, "tokenizer", None))
+        written["Hugging Face export"] = loop.export(c.export_dir, tokenizer=task.tokenizer)
     loop.close()
     if c.plot and main_process:
         written["figure"] = plot_summary({c.method: result.history}, os.path.join(loop.out_dir, "summary.png"),

@@ -32,22 +32,36 @@ def loop_history(out_dir, method):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in res.history]
 
 
-def bandit_runs():
-    """Every bandit method (study_methods: make_methods + offset variants), 4 outer iterations x 5 inner
-    steps, 2 seeds, on one non-transitive realizable game (X = 4, Y = 6), beta = 0.2, eta = 1."""
+def bandit_methods(beta, eta):
+    """The bandit study's methods: make_methods plus the offset variants."""
+    from wind_jax.bandit import algorithms
+    ms = algorithms.make_methods(beta, eta)
+    extra = [algorithms.with_offset(ms["wind_sq_offset"], "reset"),
+             algorithms.with_offset(ms["wind_sq_offset"], "log_normalizer"),
+             algorithms.with_offset(ms["wind_nce"], "learned", pseudo_count=0.5)]
+    return {**ms, **{m.name: m for m in extra}}
+
+
+def bandit_runs(only=None):
+    """Every bandit method (or those named in `only`), 4 outer iterations x 5 inner steps, 2 seeds, on one
+    non-transitive realizable game (X = 4, Y = 6), beta = 0.2, eta = 1."""
     import jax
     import jax.numpy as jnp
     import optax
-    from benchmarks.bandit_study import study_methods
-    from experiments.bandit_sample_efficiency import equilibrium, make_setting
     from wind_jax.bandit import algorithms
+    try:
+        from wind_jax.bandit.settings import equilibrium, make_setting
+    except ImportError:
+        from experiments.bandit_sample_efficiency import equilibrium, make_setting
     key = jax.random.key(3)
     P, policy, theta_ref = make_setting("nontransitive", "realizable", key, 4, 6, 2.0, 8)
     _, pi_star64 = equilibrium(policy, theta_ref, P, 0.2)
     pi_star = jnp.asarray(pi_star64, jnp.float32)
     states = jax.vmap(lambda k: algorithms.init_state(theta_ref, 4, k))(jax.random.split(jax.random.fold_in(key, 1), 2))
     out = {}
-    for name, m in study_methods(0.2, 1.0).items():
+    for name, m in bandit_methods(0.2, 1.0).items():
+        if only is not None and name not in only:
+            continue
         batch = max(1, 24 // m.queries_per_prompt)
         run = jax.jit(algorithms.make_run(m, batch, optax.adam, 5, 4))
         o = jax.device_get(run(policy, algorithms.method_params(m, learning_rate=0.05, num_inner=5), states, P,
@@ -61,7 +75,7 @@ def bandit_runs():
 
 if __name__ == "__main__":
     import tempfile
-    from wind_jax.train.methods import METHODS
+    from wind_jax.methods import METHODS
     out = {"bandit": bandit_runs(), "loop": {}}
     for m in METHODS:
         with tempfile.TemporaryDirectory() as d:

@@ -325,7 +325,7 @@ def test_loop_on_a_mesh_equals_one_device(tmp_path, method, mesh_shape, one_devi
 @pytest.mark.slow  # a full (tiny) loop run with its own compiles
 def test_a_new_method_is_one_record(tmp_path, monkeypatch):
     """IPO (loss already registered) added as one Method record runs through the loop."""
-    from wind_jax.train import methods as M
+    from wind_jax import methods as M
     rec = M.Method("ipo_online", "ipo", (("policy", 0),), {"chosen": "policy", "rejected": "policy"},
                    M.round_robin, M.get_method("dpo").assemble, default_n=3)
     monkeypatch.setitem(M.METHODS, "ipo_online", rec)

@@ -1,4 +1,4 @@
-"""wind_jax.train.methods: for fixed tiny inputs, the exact rows, targets and query counts of every record."""
+"""wind_jax.methods: for fixed tiny inputs, the exact rows, targets and query counts of every record."""
 import itertools
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wind_jax import losses
-from wind_jax.train import methods as M
+from wind_jax import methods as M
 
 
 def _np(rows):

@@ -35,6 +35,7 @@ __all__ = [
     "LOSSES",
     "get_loss",
     "compute_loss",
+    "check_hparams",
     "single_duel_targets",
     "sppo_win_rates",
     "bonbon_margin",
@@ -354,12 +355,12 @@ def _ipo(logps, batch, hp):
     return loss, _pair_metrics(logps["chosen"], logps["rejected"], hp["tau"] * rho_w, hp["tau"] * rho_l)
 
 
-def _bon_distill(logps, batch, hp):
-    """bon_distill: -log pi_theta(y) for y a BoN_n sample of pi_t (forward KL to BoN_n(pi_t), MATH.md Alg. 1).
+def _nll(logps, batch, hp):
+    """nll: -log pi_theta(y), the negative log-likelihood of the batch's responses (maximum likelihood).
 
-    The minimizer is BoN_n(pi_t) itself; Alg. 1's geometric mixing toward pi_ref (alpha > 0) is not a
-    property of an NLL on BoN samples and is left to the caller (e.g. mixing the fitted and reference
-    log-probs); this loss is the alpha = 0 distillation step.
+    As "bon_distill", y is a BoN_n sample of pi_t: the forward KL to BoN_n(pi_t) (MATH.md Alg. 1), whose
+    minimizer is BoN_n(pi_t) itself; Alg. 1's geometric mixing toward pi_ref (alpha > 0) is left to the
+    method (importance weights, or mixing parameters); the loss is the alpha = 0 distillation step.
     """
     del batch, hp
     lp = _f(logps["y"])
@@ -399,7 +400,8 @@ LOSSES: dict[str, LossSpec] = {
               {"alpha": 0.005, "n": 8.0, "sigmoid": 1.0, "beta_sigmoid": 0.0}),
         _spec("dpo", _dpo, ("chosen", "rejected"), _PAIR_REF, {"beta": 0.1}),
         _spec("ipo", _ipo, ("chosen", "rejected"), _PAIR_REF, {"tau": 0.1}),
-        _spec("bon_distill", _bon_distill, ("y",), (), {}),
+        _spec("bon_distill", _nll, ("y",), (), {}),
+        _spec("nll", _nll, ("y",), (), {}),
     ]
 }
 
@@ -418,7 +420,7 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _check_hparams(spec: LossSpec, hparams: Mapping[str, float] | None) -> dict[str, float]:
+def check_hparams(spec: LossSpec, hparams: Mapping[str, float] | None) -> dict[str, float]:
     hparams = dict(hparams or {})
     unknown = sorted(set(hparams) - set(spec.defaults))
     if unknown:
@@ -492,7 +494,7 @@ def compute_loss(
     [0, 1], out-of-range hparams. Extra keys are ignored. Jittable with ``name`` static.
     """
     spec = name if isinstance(name, LossSpec) else get_loss(name)
-    hp = _check_hparams(spec, hparams)
+    hp = check_hparams(spec, hparams)
     _check_arrays(spec, logps, batch)
     loss, metrics = spec.fn(logps, batch, hp)
     metrics = dict(metrics)

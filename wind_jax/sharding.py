@@ -215,6 +215,29 @@ def shard_host_batch(local_batch, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     return jax.tree.map(one, local_batch)
 
 
+def host_key(*path: int) -> jax.Array:
+    """A threefry key derived on the host from integers (seed, iteration, purpose, ...): no device program per
+    derivation, the same on every process."""
+    data = np.random.default_rng(list(path)).integers(0, 2**32, size=2, dtype=np.uint32)
+    return jax.random.wrap_key_data(data)
+
+
+def local_rows(x) -> np.ndarray:
+    """This process's rows of a global array split over its leading axis (all rows with one process)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    shards = sorted({s.index[0].start or 0: s for s in x.addressable_shards}.items())
+    return np.concatenate([np.asarray(s.data) for _, s in shards])
+
+
+def gathered(x) -> np.ndarray:
+    """The whole global array on every process."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def initialize(
     coordinator_address: str | None = None,
     num_processes: int | None = None,

@@ -22,6 +22,8 @@ targets.
 """
 import ml_collections
 
+from wind_jax.train.config import config_dict
+
 
 def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -36,14 +38,9 @@ def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
     c.plot = True
     c.tensorboard = True
 
-    c.loop = ml_collections.ConfigDict(dict(
-        num_iterations=6, prompts_per_iteration=256, steps_per_iteration=16, batch_size=64,
-        num_samples=0, beta=0.1, beta_final=-1.0, eta=3.0, eta_final=-1.0, learning_rate=2e-3,
-        learning_rate_final=-1.0, schedule="constant", loss_hparams="", optimizer="adamw",
-        max_grad_norm=1.0, reset_optimizer=True, anchor_ema=0.1, oracle_mode="prob",
-        max_new_tokens=7, temperature=1.0, eval_prompts=256, eval_samples_per_prompt=2,
-        checkpoint_every_steps=0, max_to_keep=2, async_checkpoint=True,
-        lora_rank=0, lora_alpha=16.0, lora_targets="q_proj,v_proj"))   # lora_rank > 0: LoRA fine-tuning
+    c.loop = config_dict(   # every LoopConfig field; these differ from its defaults
+        num_iterations=6, prompts_per_iteration=256, steps_per_iteration=16, batch_size=64, beta=0.1, eta=3.0,
+        learning_rate=2e-3, oracle_mode="prob", max_new_tokens=7, eval_prompts=256)
 
     # synthetic task
     c.language = ml_collections.ConfigDict(dict(

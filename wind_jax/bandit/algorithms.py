@@ -21,18 +21,19 @@ lowers the normalizer instead -- raising every sampled log-prob by pushing the l
 down (Adam moves them at the full step size however small their gradient) -- and pi*_beta's mass on those
 responses is starved. `exact_metrics` reports it as "starved_mass" (pi*_beta's mass where pi < 1e-3).
 
-Query accounting (one query = one Bernoulli duel outcome ell ~ Bernoulli(P[x, y, y'])), per prompt:
-  wind_*            2 samples from pi_t, 1 duel; gives (y, ell) and (y', 1 - ell).
-  sppo (K = 5)      5 samples, all K(K-1)/2 = 10 pairwise duels (round robin; diagonal counted as 1/2).
-  jbond             1 policy sample + 2 anchor samples, 3 duels (anchor vs anchor, policy vs each anchor).
-  bon_distill (n)   n samples from pi_t, knockout tournament with n - 1 duels; the winner is distilled.
-  bonbon (n = 8)    8 samples from pi_ref, best and worst with 3n/2 - 2 = 10 duels.
-  dpo (n = 4)       4 samples from pi_t, best and worst with 3n/2 - 2 = 4 duels; reference pi_ref.
+Every method is a record of the one method table (wind_jax.methods) run with its n: the record says what it
+samples, which duels it asks (one query = one Bernoulli duel outcome ell ~ Bernoulli(P[x, y, y'])) and which
+rows it fits, so samples and queries per prompt are derived from it, never typed:
+  wind_*                  2 samples from pi_t, 1 duel; gives (y, ell) and (y', 1 - ell).
+  sppo (K = 5)            5 samples, all K(K-1)/2 = 10 pairwise duels (round robin; diagonal counted as 1/2).
+  jbond                   1 policy sample + 2 anchor samples, 3 duels (policy vs each anchor, anchor vs anchor).
+  bon_knockout_n{2,4}     n samples from pi_t, knockout tournament with n - 1 duels; the winner is distilled.
+  bonbon_best_worst_n8    8 samples from pi_ref, best and worst with 3n/2 - 2 = 10 duels.
+  dpo_best_worst_n4       4 samples from pi_t, best and worst with 3n/2 - 2 = 4 duels; reference pi_ref.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import types
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -40,14 +41,54 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wind_jax import methods as methods_lib
 from wind_jax.bandit import env as env_lib
 
 Array = jax.Array
 
 
 # ----------------------------------------------------------------------------------------------------
-# Batch builders: (key, P, prompts [B], log_pi_t, log_pi_ref, log_anchor) -> Draw
+# Methods: a record of wind_jax.methods with its n, plus what is bandit-specific
 # ----------------------------------------------------------------------------------------------------
+OFFSET_MODES = ("learned", "reset", "log_normalizer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One algorithm of the comparison: a record of the method table (what it samples, duels and fits) run
+    with n samples, plus the bandit's own choices: loss hparams, the fixed point it aims at (reported next to
+    KL(pi*_beta || pi)), J-BOND's EMA rate per outer iteration, Alg. 1's mixing applied to the parameters,
+    and how the "offset" policy key is supplied (module docstring)."""
+
+    name: str
+    record: methods_lib.Method
+    n: int
+    fixed_point: str
+    hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    anchor_ema: float = 0.0  # J-BOND: anchor <- (1 - ema) anchor + ema theta after every outer iteration
+    # Alg. 1's geometric mixing pi_{t+1} ∝ pi_fit^(1-alpha) pi_ref^alpha, applied after the fit as
+    # theta <- (1-alpha) theta + alpha theta_ref: exact for log-linear policies (logits linear in theta),
+    # an approximation for the MLP.
+    ref_mixing: float = 0.0
+    offset_mode: str = "learned"
+
+    def __post_init__(self):
+        if self.offset_mode not in OFFSET_MODES:
+            raise ValueError(f"method {self.name!r}: offset_mode must be one of {OFFSET_MODES}, got {self.offset_mode!r}")
+
+    @property
+    def loss(self) -> str:
+        return self.record.loss
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.record.total_samples(self.n)
+
+    @property
+    def queries_per_prompt(self) -> int:
+        return self.record.queries(self.n)
+
+
 class Draw(NamedTuple):
     """What one outer iteration drew: per-example prompts [N], response indices by name (each [N]),
     targets by batch-key name (each [N] float32), and the exact counts."""
@@ -58,113 +99,28 @@ class Draw(NamedTuple):
     counts: env_lib.Counts
 
 
-def _wind_draw(key, P, prompts, log_pi, log_ref, log_anchor):
-    """2 samples from pi_t and ONE duel per prompt -> examples (y, ell) and (y', 1 - ell)."""
-    k1, k2 = jax.random.split(key)
-    ys, c1 = env_lib.sample_responses(k1, log_pi, prompts, 2)
-    ell, c2 = env_lib.duel(k2, P, prompts, ys[:, 0], ys[:, 1])
-    return Draw(
-        prompts=jnp.concatenate([prompts, prompts]),
-        responses={"y": jnp.concatenate([ys[:, 0], ys[:, 1]])},
-        targets={"target": jnp.concatenate([ell, 1.0 - ell])},
-        counts=c1 + c2,
-    )
-
-
-def _wind_pair_draw(key, P, prompts, log_pi, log_ref, log_anchor):
-    """wind_kl: the same 2 samples + 1 duel per prompt, kept as one example (y, y', ell)."""
-    k1, k2 = jax.random.split(key)
-    ys, c1 = env_lib.sample_responses(k1, log_pi, prompts, 2)
-    ell, c2 = env_lib.duel(k2, P, prompts, ys[:, 0], ys[:, 1])
-    return Draw(prompts=prompts, responses={"y": ys[:, 0], "y_prime": ys[:, 1]}, targets={"target": ell},
-                counts=c1 + c2)
-
-
-@functools.cache
-def _sppo_draw(K):
-    def draw(key, P, prompts, log_pi, log_ref, log_anchor):
-        k1, k2 = jax.random.split(key)
-        ys, c1 = env_lib.sample_responses(k1, log_pi, prompts, K)
-        L, c2 = env_lib.round_robin(k2, P, prompts, ys)
-        w_hat = L.mean(axis=-1)  # [B, K], diagonal (1/2) included as in the official SPPO code
-        i_w, i_l = jnp.argmax(w_hat, axis=-1), jnp.argmin(w_hat, axis=-1)
-        take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=-1)[:, 0]  # noqa: E731
-        return Draw(
-            prompts=prompts,
-            responses={"chosen": take(ys, i_w), "rejected": take(ys, i_l)},
-            targets={"target_chosen": take(w_hat, i_w), "target_rejected": take(w_hat, i_l)},
-            counts=c1 + c2,
-        )
-
-    return draw
-
-
-def _jbond_draw(key, P, prompts, log_pi, log_ref, log_anchor):
-    k1, k2, k3 = jax.random.split(key, 3)
-    y, c1 = env_lib.sample_responses(k1, log_pi, prompts, 1)
-    a, c2 = env_lib.sample_responses(k2, log_anchor, prompts, 2)
-    ells, c3 = env_lib.duel(
-        k3, P, prompts[:, None], jnp.stack([a[:, 0], y[:, 0], y[:, 0]], -1), jnp.stack([a[:, 1], a[:, 0], a[:, 1]], -1)
-    )
-    best_anchor = jnp.where(ells[:, 0] > 0, a[:, 0], a[:, 1])
-    loses_both = (1.0 - ells[:, 1]) * (1.0 - ells[:, 2])
-    return Draw(
-        prompts=prompts,
-        responses={"y": y[:, 0], "best": best_anchor},
-        targets={"lost_to_both": loses_both},
-        counts=c1 + c2 + c3,
-    )
-
-
-@functools.cache
-def _bon_draw(n):
-    def draw(key, P, prompts, log_pi, log_ref, log_anchor):
-        k1, k2 = jax.random.split(key)
-        ys, c1 = env_lib.sample_responses(k1, log_pi, prompts, n)
-        winner, c2 = env_lib.knockout_winner(k2, P, prompts, ys)
-        return Draw(prompts=prompts, responses={"y": winner}, targets={}, counts=c1 + c2)
-
-    return draw
-
-
-@functools.cache
-def _best_worst_draw(n, source):
-    def draw(key, P, prompts, log_pi, log_ref, log_anchor):
-        k1, k2 = jax.random.split(key)
-        ys, c1 = env_lib.sample_responses(k1, log_ref if source == "reference" else log_pi, prompts, n)
-        best, worst, c2 = env_lib.best_and_worst(k2, P, prompts, ys)
-        return Draw(prompts=prompts, responses={"chosen": best, "rejected": worst}, targets={}, counts=c1 + c2)
-
-    return draw
-
-
-# ----------------------------------------------------------------------------------------------------
-# Methods
-# ----------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """One algorithm of the comparison: which loss, how it samples and queries, what it converges to."""
-
-    name: str
-    loss: str  # name in wind_jax.losses.LOSSES
-    draw: Callable[..., Draw]
-    samples_per_prompt: int
-    queries_per_prompt: int
-    fixed_point: str  # the solution this method aims at (reported next to KL(pi*_beta || pi))
-    hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    anchor_ema: float = 0.0  # J-BOND: anchor <- (1 - ema) anchor + ema theta after every outer iteration
-    # Alg. 1's geometric mixing pi_{t+1} ∝ pi_fit^(1-alpha) pi_ref^alpha, applied after the fit as
-    # theta <- (1-alpha) theta + alpha theta_ref: exact for log-linear policies (logits linear in theta),
-    # an approximation for the MLP.
-    ref_mixing: float = 0.0
-    offset_mode: str = "learned"  # how the "offset" policy key is supplied (module docstring)
-
-    def __post_init__(self):
-        if self.offset_mode not in OFFSET_MODES:
-            raise ValueError(f"method {self.name!r}: offset_mode must be one of {OFFSET_MODES}, got {self.offset_mode!r}")
-
-
-OFFSET_MODES = ("learned", "reset", "log_normalizer")
+def draw(method: Method, key: Array, P: Array, prompts: Array, log_tables: Mapping[str, Array]) -> Draw:
+    """Sample every draw of the record (log_tables[source] [X, Y]), duel on its schedule (Bernoulli outcomes
+    of P), assemble its rows. Examples are laid out row-major over the record's rows: all first rows of the
+    prompts, then all second rows."""
+    record, n, b = method.record, method.n, prompts.shape[0]
+    draws = record.counts(n)
+    keys = jax.random.split(key, len(draws) + 1)
+    parts, counts = [], env_lib.Counts.zero()
+    for (source, count), k in zip(draws, keys[:-1]):
+        ys, c = env_lib.sample_responses(k, log_tables[source], prompts, count)
+        parts.append(ys)
+        counts = counts + c
+    ys = jnp.concatenate(parts, axis=1)
+    pick = lambda idx: jnp.take_along_axis(ys, idx, axis=1)  # noqa: E731
+    tournament = record.schedule.run(lambda k, i, j: env_lib.duel(k, P, prompts[:, None], pick(i), pick(j))[0],
+                                     keys[-1], n, b)
+    counts = counts + env_lib.Counts(jnp.zeros((), jnp.int32), jnp.asarray(b * record.queries(n), jnp.int32))
+    rows = record.assemble(tournament, n, {})
+    r = next(iter(rows.index.values())).shape[1]
+    flat = lambda x: x.T.reshape(-1)  # noqa: E731
+    return Draw(prompts=jnp.concatenate([prompts] * r), responses={k: flat(pick(i)) for k, i in rows.index.items()},
+                targets={k: flat(v).astype(jnp.float32) for k, v in rows.values.items()}, counts=counts)
 
 
 def with_offset(method: Method, offset_mode: str, **hparams) -> Method:
@@ -188,33 +144,33 @@ def make_methods(beta: float, eta: float) -> dict[str, Method]:
         raise ValueError(f"beta and eta must be > 0, got beta={beta}, eta={eta}")
     wind_fp = "pi*_beta = pi_ref exp(w_pi*/beta)/Z (the WIND game's equilibrium)"
     wind = dict(beta=beta, eta=eta)
+    rec = methods_lib.get_method
     methods = [
-        Method("wind_sq", "wind_sq", _wind_draw, 2, 1, wind_fp + "; biased by the fixed logZ guess for beta > 0", wind),
-        Method("wind_sq_offset", "wind_sq_offset", _wind_draw, 2, 1, wind_fp, wind),
-        Method("wind_kl", "wind_kl", _wind_pair_draw, 2, 1, wind_fp, wind),
-        Method("wind_nce", "wind_nce", _wind_draw, 2, 1, wind_fp, wind),
-        Method("sppo", "sppo", _sppo_draw(5), 5, 10,
+        Method("wind_sq", rec("wind_sq"), 2, wind_fp + "; biased by the fixed logZ guess for beta > 0", wind),
+        Method("wind_sq_offset", rec("wind_sq_offset"), 2, wind_fp, wind),
+        Method("wind_kl", rec("wind_kl"), 2, wind_fp, wind),
+        Method("wind_nce", rec("wind_nce"), 2, wind_fp, wind),
+        Method("sppo", rec("sppo"), 5,
                "the preference game's von Neumann winner (official beta = 0: Hedge, no last-iterate "
                "guarantee; not pi*_beta)", dict(beta=0.0, eta=eta)),
-        Method("sppo_beta", "sppo", _sppo_draw(5), 5, 10,
+        Method("sppo_beta", rec("sppo_beta"), 5,
                wind_fp + " (SPPO's K=5 estimator with WIND's pull toward pi_ref; isolates the sampling scheme)",
                dict(beta=beta, eta=eta)),
-        Method("jbond", "jbond", _jbond_draw, 3, 3,
+        Method("jbond", rec("jbond"), 3,
                "iterated BoN_2 of a moving EMA anchor: the Condorcet winner / a collapse, not pi*_beta",
                {}, anchor_ema=0.1),
     ]
     for n in (2, 4):
         alpha = bon_mixing_for(beta, n)
         methods.append(Method(
-            f"bon_distill_n{n}", "bon_distill", _bon_draw(n), n, n - 1,
+            f"bon_knockout_n{n}", rec("bon_knockout"), n,
             f"Alg. 1 (iterative BoN_{n}, geometric mixing alpha={alpha:.3f}): the log-win-rate equilibrium "
             f"pibar*_(2 beta) ~ pi*_beta", ref_mixing=alpha))
     methods.append(Method(
-        "bonbon_n8", "bonbon", _best_worst_draw(8, "reference"), 8, 10,
+        "bonbon_best_worst_n8", rec("bonbon_best_worst"), 8,
         "BoN_8(pi_ref) (one-shot best-of-8 of the reference, not iterated)", dict(n=8.0)))
-
     methods.append(Method(
-        "dpo_n4", "dpo", _best_worst_draw(4, "policy"), 4, 4,
+        "dpo_best_worst_n4", rec("dpo_best_worst"), 4,
         "a reward-regularized optimum pi_ref exp(r/beta)/Z; with deterministic best/worst labels the "
         "logistic loss has no finite tabular minimizer, so iterates drift toward the best response",
         dict(beta=beta)))
@@ -224,9 +180,6 @@ def make_methods(beta: float, eta: float) -> dict[str, Method]:
 # ----------------------------------------------------------------------------------------------------
 # Fitting and the outer step
 # ----------------------------------------------------------------------------------------------------
-ROLES = ("prev", "ref", "anchor")
-
-
 def assemble_batch(draw: Draw, log_tables: Mapping[str, Array], batch_keys) -> dict[str, Array]:
     """Frozen batch for the loss: "<role>_<response>" log-probs looked up in log_tables[role] [X, Y],
     plus the draw's targets; exactly `batch_keys` (ValueError naming a key this method cannot supply)."""
@@ -355,7 +308,7 @@ def method_params(method: Method, loss_spec=None, *, learning_rate: float = floa
 
 def compile_key(method: Method) -> tuple:
     """Methods with equal keys (and equal batch sizes) run the same program with different `method_params`."""
-    return (method.draw, method.loss, method.offset_mode,
+    return (method.record.name, method.n, method.loss, method.offset_mode,
             tuple(sorted((k, float(v)) for k, v in method.hparams.items() if k in STATIC_HPARAMS)))
 
 
@@ -370,9 +323,9 @@ def _outer_step(policy, method: Method, mp, batch_size: int, optimizer, num_inne
         log_pi = policy.log_probs(state.params["policy"])
         log_anchor = policy.log_probs(state.anchor)
         prompts, c0 = env_lib.sample_prompts(k_prompt, X, batch_size)
-        draw = method.draw(k_draw, P, prompts, log_pi, log_ref, log_anchor)
+        drawn = draw(method, k_draw, P, prompts, {"policy": log_pi, "reference": log_ref, "anchor": log_anchor})
         tables = {"prev": log_pi, "ref": log_ref, "anchor": log_anchor}
-        batch = assemble_batch(draw, tables, loss_spec.batch_keys)
+        batch = assemble_batch(drawn, tables, loss_spec.batch_keys)
         params, offset_base = state.params, None
         if method.offset_mode == "reset":
             params = {**params, "offset": jnp.zeros_like(params["offset"])}
@@ -385,13 +338,13 @@ def _outer_step(policy, method: Method, mp, batch_size: int, optimizer, num_inne
             opt = optimizer(mp.learning_rate)
         if isinstance(mp, MethodParams):
             active = jnp.where(mp.num_inner < 0, num_inner, mp.num_inner)
-        params, trace = fit(policy, params, draw, batch, loss_spec, hparams, opt, num_inner, offset_base, active)
+        params, trace = fit(policy, params, drawn, batch, loss_spec, hparams, opt, num_inner, offset_base, active)
         # J-BOND's EMA anchor (lam = 0: unchanged) and Alg. 1's geometric mixing (alpha = 0: unchanged).
         lam, a = mp.anchor_ema, mp.ref_mixing
         anchor = jax.tree.map(lambda u, t: (1 - lam) * u + lam * t, state.anchor, params["policy"])
         mixed = jax.tree.map(lambda p, r: (1 - a) * p + a * r, params["policy"], theta_ref)
         params = {**params, "policy": mixed}
-        counts = state.counts + c0 + draw.counts
+        counts = state.counts + c0 + drawn.counts
         return LoopState(params, anchor, counts, key), {"loss_trace": trace}
 
     return step

@@ -1,4 +1,4 @@
-"""Training: pure sharded steps (steps.py). The outer loop and oracles add their exports below."""
+"""Training: pure sharded steps (steps.py), the outer loop (config, rollout, evaluate, loop), oracles."""
 from wind_jax.train.steps import (
     OptimizerConfig,
     PolicyWithOffset,
@@ -31,14 +31,18 @@ __all__ = [
     "reward_step",
 ]
 
-# outer loop, oracles, checkpoints, metrics, synthetic language (train.loop engineer)
+# the outer loop and its parts, oracles, checkpoints, metrics, the synthetic language
+from wind_jax.methods import METHODS  # noqa: E402
 from wind_jax.train.checkpoint import CheckpointConfigError, Checkpointer, check_compatible  # noqa: E402
-from wind_jax.train.loop import METHODS, AlignmentLoop, ArrayPrompts, FunctionPrompts, LoopConfig  # noqa: E402
+from wind_jax.train.config import LoopConfig  # noqa: E402
+from wind_jax.train.loop import AlignmentLoop, LoopResult  # noqa: E402
 from wind_jax.train.metrics import MetricsLogger, plot_summary  # noqa: E402
 from wind_jax.train.oracle import (GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate,  # noqa: E402
                                    PreferenceOracle, Tokens)
+from wind_jax.train.rollout import ArrayPrompts, FunctionPrompts, NonFiniteError, OracleError  # noqa: E402
 from wind_jax.train.synthetic import SyntheticLanguage  # noqa: E402
 
-__all__ += ["CheckpointConfigError", "Checkpointer", "check_compatible", "METHODS", "AlignmentLoop",
+__all__ += ["CheckpointConfigError", "Checkpointer", "check_compatible", "METHODS", "AlignmentLoop", "LoopResult",
             "ArrayPrompts", "FunctionPrompts", "LoopConfig", "MetricsLogger", "plot_summary", "GoldOracle",
-            "HeadOracle", "JudgeOracle", "JudgeTemplate", "PreferenceOracle", "Tokens", "SyntheticLanguage"]
+            "HeadOracle", "JudgeOracle", "JudgeTemplate", "NonFiniteError", "OracleError", "PreferenceOracle",
+            "Tokens", "SyntheticLanguage"]

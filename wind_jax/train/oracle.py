@@ -303,7 +303,7 @@ def pairwise_probabilities(oracle: PreferenceOracle, prompt: Tokens, responses: 
 
     ONE oracle call over the K (K - 1) / 2 pairs i < j (each counted once); the rest follows by symmetry.
     """
-    from wind_jax.train.methods import round_robin, win_matrix
+    from wind_jax.methods import round_robin, win_matrix
     K = len(responses)
     if K < 2:
         raise ValueError(f"need at least 2 responses per prompt, got {K}")

@@ -6,7 +6,7 @@
     step = jit_policy_step(graphdef, state, opt_state, batch, mesh, loss_name="dpo", optimizer=tx)
     state, opt_state, metrics = step(state, opt_state, batch)   # state and opt_state are donated
 
-LLM batch layout (wind_jax.api): {"tokens": {resp: [B, T]}, "response_mask": {resp: [B, T]},
+LLM batch layout: {"tokens": {resp: [B, T]}, "response_mask": {resp: [B, T]},
 "attention_mask": {resp: [B, T]}, <LossSpec.batch_keys>: [B], "weight": [B] (optional, default 1)}.
 Summed response log-probs follow MATH.md ("log pi(y|x) is a SUM over response tokens", float32).
 """
@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from wind_jax import losses, sharding
 from wind_jax.models import Transformer
 from wind_jax.models.heads import PolicyWithOffset
+from wind_jax.train.programs import PROGRAMS, signature
 
 Array = jax.Array
 Batch = Mapping[str, Any]
@@ -124,7 +125,7 @@ def init_optimizer_state(optimizer: optax.GradientTransformation, state, mesh: M
         abstract = jax.eval_shape(init, params)
         return jax.jit(init, out_shardings=sharding.state_shardings(abstract, mesh))
 
-    return _cached_jit(("init_optimizer_state", optimizer, mesh, trainable, _avals(params)), build)(params)
+    return PROGRAMS.get(("init_optimizer_state", optimizer, mesh, trainable, signature(params)), build)(params)
 
 
 # ------------------------------------------------------------------------------- policy outputs (log-probs)
@@ -341,23 +342,6 @@ def _replicated_tree(tree, mesh: Mesh):
     return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
 
 
-def _avals(tree) -> tuple:
-    """A hashable description of a pytree's structure, shapes and dtypes (a compile-cache key)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
-
-
-_COMPILED: dict[tuple, Callable] = {}
-
-
-def _cached_jit(key: tuple, build: Callable[[], Callable]) -> Callable:
-    """One jitted function per key: loops of equal shapes in one process (seeds, a resumed run, a benchmark
-    sweep) share compiles."""
-    if key not in _COMPILED:
-        _COMPILED[key] = build()
-    return _COMPILED[key]
-
-
 def jit_policy_step(graphdef, state, opt_state, batch: Batch, mesh: Mesh, *, loss_name: str,
                     optimizer: optax.GradientTransformation, hparams: Mapping[str, float] | None = None,
                     traced: tuple[str, ...] = (), num_micro_batches: int = 1, weighting: str = "example",
@@ -382,7 +366,7 @@ def jit_policy_step(graphdef, state, opt_state, batch: Batch, mesh: Mesh, *, los
         raise ValueError(f"jit_policy_step: traced {bad} are not hparams of loss {loss_name!r} "
                          f"(it takes {sorted(spec.defaults)} and learning_rate)")
     key = ("policy_step", graphdef, loss_name, optimizer, static, traced, num_micro_batches, weighting,
-           response_width, minibatch, trainable, donate, mesh, _avals(state), _avals(opt_state), _avals(batch))
+           response_width, minibatch, trainable, donate, mesh, signature(state), signature(opt_state), signature(batch))
 
     def build():
         state_sh = sharding.state_shardings(state, mesh)
@@ -405,7 +389,7 @@ def jit_policy_step(graphdef, state, opt_state, batch: Batch, mesh: Mesh, *, los
                        out_shardings=(state_sh, opt_sh, _replicated_tree(metrics_shape, mesh)),
                        donate_argnums=(0, 1) if donate else ())
 
-    jitted = _cached_jit(key, build)
+    jitted = PROGRAMS.get(key, build)
 
     def step(s, o, b, dynamic=None, rows=None):
         dynamic = dict(dynamic or {})
@@ -425,7 +409,7 @@ def jit_policy_step(graphdef, state, opt_state, batch: Batch, mesh: Mesh, *, los
 def jit_logprob_step(graphdef, state, batch: Batch, mesh: Mesh, *, response_width: int | None = None) -> Callable:
     """``logprob_step`` jitted with the state's shardings and the batch split over the batch axes."""
     batch = {f: batch[f] for f in ("tokens", "response_mask", "attention_mask") if f in batch}
-    key = ("logprob_step", graphdef, mesh, response_width, _avals(state), _avals(batch))
+    key = ("logprob_step", graphdef, mesh, response_width, signature(state), signature(batch))
 
     def build():
         state_sh = sharding.state_shardings(state, mesh)
@@ -435,7 +419,7 @@ def jit_logprob_step(graphdef, state, batch: Batch, mesh: Mesh, *, response_widt
         return jax.jit(lambda s, b: logprob_step(graphdef, s, b, response_width=response_width),
                        in_shardings=(state_sh, batch_sh), out_shardings=out_sh)
 
-    jitted = _cached_jit(key, build)
+    jitted = PROGRAMS.get(key, build)
 
     def step(s, b):
         with jax.set_mesh(mesh):

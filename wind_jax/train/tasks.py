@@ -12,6 +12,7 @@ the training oracle is the LLM judge (both presentation orders averaged) or a Hu
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import importlib.util
@@ -24,29 +25,19 @@ from flax import nnx
 
 from wind_jax import sharding
 from wind_jax.models import LlamaConfig, PreferenceHead, Transformer
-from wind_jax.train.checkpoint import Checkpointer
-from wind_jax.train.loop import AlignmentLoop, ArrayPrompts, FunctionPrompts, LoopConfig, from_named, named
-from wind_jax.train.oracle import GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate, Tokens
+from wind_jax.train.checkpoint import Checkpointer, from_named, named
+from wind_jax.train.config import LoopConfig, from_config_dict
+from wind_jax.train.loop import AlignmentLoop
+from wind_jax.train.oracle import GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate, PreferenceOracle, Tokens
+from wind_jax.train.rollout import ArrayPrompts, FunctionPrompts
 from wind_jax.train.steps import OptimizerConfig, make_optimizer, policy_step, reward_step
 from wind_jax.train.synthetic import EOS, PAD, SyntheticLanguage
 
 
 # ------------------------------------------------------------------------------------------ configs
-def loop_config(c) -> LoopConfig:
-    """LoopConfig from the experiment config (-1 means "not set" for *_final fields; loss_hparams is a
-    "name=value, ..." string)."""
-    d = dict(c.loop.to_dict())
-    for k in ("beta_final", "eta_final", "learning_rate_final"):
-        if d[k] is not None and d[k] < 0:
-            d[k] = None
-    d["lora_targets"] = tuple(t.strip() for t in str(d.get("lora_targets", "q_proj,v_proj")).split(",") if t.strip())
-    hp = []
-    for item in filter(None, (s.strip() for s in str(d.pop("loss_hparams") or "").split(","))):
-        if "=" not in item:
-            raise ValueError(f"config.loop.loss_hparams: expected name=value items, got {item!r}")
-        k, v = item.split("=", 1)
-        hp.append((k.strip(), float(v)))
-    return LoopConfig(method=c.method, seed=c.seed, loss_hparams=tuple(hp), **d)
+def loop_config(c, **overrides) -> LoopConfig:
+    """LoopConfig from the experiment config (its `loop` fields, method and seed; wind_jax.train.config)."""
+    return from_config_dict(c.loop, method=c.method, seed=c.seed, **overrides)
 
 
 def mesh_from_config(c):
@@ -80,7 +71,7 @@ def _adamw(learning_rate: float):
 def _pretrain_step(graphdef, lang, batch_size, tx, state, opt, key):
     tokens, rmask, amask = lang.pretraining_batch(key, batch_size)
     batch = {"tokens": {"y": tokens}, "response_mask": {"y": rmask}, "attention_mask": {"y": amask}}
-    return policy_step(graphdef, state, opt, batch, "bon_distill", {}, optimizer=tx)
+    return policy_step(graphdef, state, opt, batch, "nll", {}, optimizer=tx)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
@@ -111,16 +102,12 @@ def _fit(make_model, step, tx, steps: int, seed: int):
     state, opt = init()
     metrics = None
     for i in range(steps):
-        state, opt, metrics = step(graphdef, state, opt, _key(seed, i))
+        state, opt, metrics = step(graphdef, state, opt, sharding.host_key(seed, i))
     return nnx.merge(graphdef, state), metrics
 
 
-def _key(*path: int):
-    return jax.random.wrap_key_data(np.random.default_rng(list(path)).integers(0, 2**32, 2, dtype=np.uint32))
-
-
 def pretrain_policy(c, lang, seed: int):
-    """Maximum likelihood on the reference process (the bon_distill loss = NLL of the response)."""
+    """Maximum likelihood on the reference process (the "nll" loss of the response)."""
     tx = _adamw(float(c.pretrain.learning_rate))
     model, m = _fit(lambda: Transformer(model_config(c, lang), rngs=nnx.Rngs(seed)),
                     lambda g, s, o, k: _pretrain_step(g, lang, int(c.pretrain.batch_size), tx, s, o, k),
@@ -191,7 +178,7 @@ def synthetic_setup(c, out_dir):
               f"({c.head.steps} steps); cached in {os.path.join(out_dir, 'setup')}", flush=True)
         policy, nll = pretrain_policy(c, lang, c.seed * 1000 + 1)
         head = train_head(c, lang, c.seed * 1000 + 2)
-        info = {"pretrain_nll": nll, "head_accuracy": head_accuracy(head, lang, _key(c.seed, 3))}
+        info = {"pretrain_nll": nll, "head_accuracy": head_accuracy(head, lang, sharding.host_key(c.seed, 3))}
         ck.save(0, {"policy": named(nnx.split(policy)[1]), "head": named(nnx.split(head)[1])}, {"info": info})
     ck.close()
     return lang, policy, head, info
@@ -272,26 +259,39 @@ def _real_oracle(c, policy, tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def build_loop(c, *, progress=None, verbose=True) -> tuple[AlignmentLoop, dict]:
-    """(AlignmentLoop, set-up info) for the experiment config `c` (synthetic or real task)."""
+@dataclasses.dataclass
+class Task:
+    """What `build_loop` returns: the loop, its oracles, the tokenizer of a real model (None for the
+    synthetic language) and the set-up info (pre-training loss, head accuracy, ...)."""
+
+    loop: AlignmentLoop
+    oracle: PreferenceOracle
+    eval_oracle: PreferenceOracle | None
+    tokenizer: object | None
+    info: dict
+
+
+def build_loop(c, *, progress=None, verbose=True) -> Task:
+    """The experiment config `c` (synthetic or real task) -> Task (an AlignmentLoop ready to run)."""
     out_dir = os.path.abspath(c.out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    lcfg = loop_config(c)
+    lcfg = loop_config(c)  # validated before anything slow
     mesh = mesh_from_config(c)
     common = dict(out_dir=out_dir, run_config={"experiment": c.to_dict()}, tensorboard=c.tensorboard,
                   progress=progress, mesh=mesh, verbose=verbose)
     if c.task == "synthetic":
-        lang, policy, head, info = synthetic_setup(c, out_dir)
-        lcfg = LoopConfig(**{**lcfg.__dict__, "eos_token_id": EOS, "pad_token_id": PAD,
-                             "max_new_tokens": min(lcfg.max_new_tokens, lang.response_width)})
-        oracles = {"gold": lambda: GoldOracle(lang.gold_preference), "head": lambda: HeadOracle(head_prob_fn(head))}
+        oracles = ("gold", "head")
         if c.oracle not in oracles:
-            raise ValueError(f"config.oracle must be one of {sorted(oracles)} for the synthetic task, got {c.oracle!r}")
-        loop = AlignmentLoop(lcfg, policy=policy, oracle=oracles[c.oracle](),
-                             prompts=FunctionPrompts(lang.sample_prompts, seed=c.seed),
-                             eval_oracle=GoldOracle(lang.gold_preference),
+            raise ValueError(f"config.oracle must be one of {oracles} for the synthetic task, got {c.oracle!r}")
+        lang, policy, head, info = synthetic_setup(c, out_dir)
+        lcfg = dataclasses.replace(lcfg, eos_token_id=EOS, pad_token_id=PAD,
+                                   max_new_tokens=min(lcfg.max_new_tokens, lang.response_width))
+        oracle = GoldOracle(lang.gold_preference) if c.oracle == "gold" else HeadOracle(head_prob_fn(head))
+        eval_oracle = GoldOracle(lang.gold_preference)
+        loop = AlignmentLoop(lcfg, policy=policy, oracle=oracle,
+                             prompts=FunctionPrompts(lang.sample_prompts, seed=c.seed), eval_oracle=eval_oracle,
                              eval_prompts=FunctionPrompts(lang.sample_prompts, seed=c.seed + 10_000), **common)
-        return loop, info
+        return Task(loop, oracle, eval_oracle, None, info)
     if c.task == "real":
         model_path, jsonl = _real_inputs(c, out_dir)
         if verbose:
@@ -299,9 +299,8 @@ def build_loop(c, *, progress=None, verbose=True) -> tuple[AlignmentLoop, dict]:
         _, policy, tokenizer = load_llm(model_path)
         oracle, eval_oracle = _real_oracle(c, policy, tokenizer)
         eos = tokenizer.eos_id if tokenizer.eos_id is not None else 0
-        lcfg = LoopConfig(**{**lcfg.__dict__, "eos_token_id": eos, "pad_token_id": tokenizer.pad_id or 0})
+        lcfg = dataclasses.replace(lcfg, eos_token_id=eos, pad_token_id=tokenizer.pad_id or 0)
         prompts = real_prompts(c, tokenizer, jsonl, out_dir)
         loop = AlignmentLoop(lcfg, policy=policy, oracle=oracle, prompts=prompts, eval_oracle=eval_oracle, **common)
-        loop.tokenizer = tokenizer
-        return loop, {"oracle": c.oracle}
+        return Task(loop, oracle, eval_oracle, tokenizer, {"oracle": c.oracle})
     raise ValueError(f'config.task must be "synthetic" or "real", got {c.task!r}')
