@@ -189,12 +189,12 @@ def test_bad_inputs_name_the_file_or_tensor(tmp_path):
     (d / "config.json").write_text(json.dumps(gpt2))
     with pytest.raises(ValueError, match="model_type='gpt2'"):
         import_hf(d)
-    mistral = dict(config.to_hf_dict(), model_type="mistral", sliding_window=4096)
-    (d / "config.json").write_text(json.dumps(mistral))
-    with pytest.raises(ValueError, match="sliding_window=4096"):
+    windowed_llama = dict(config.to_hf_dict(), sliding_window=4096)  # Llama has no such field
+    (d / "config.json").write_text(json.dumps(windowed_llama))
+    with pytest.raises(ValueError, match=r"config.json: .*sliding_window=4096"):
         import_hf(d)
-    (d / "config.json").write_text(json.dumps(dict(mistral, sliding_window=None)))
-    assert import_hf(d)[0] == config
+    (d / "config.json").write_text(json.dumps(dict(windowed_llama, model_type="mistral")))
+    assert import_hf(d)[0] == config.replace(model_type="mistral", sliding_window=4096)
     broken = dict(tensors)
     broken["model.layers.1.mlp.up_proj.weight"] = broken["model.layers.1.mlp.up_proj.weight"][:, :-1]
     _save_hf_dir(tmp_path / "shape", config, broken)

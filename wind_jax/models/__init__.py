@@ -1,6 +1,6 @@
-"""Llama-family policy (Flax NNX), reward / preference heads, LoRA, Hugging Face / GGUF checkpoints, tokenizer."""
+"""The one decoder (Llama, Mistral, Qwen2/3, Gemma 2/3 as configurations) as a policy (Flax NNX), reward / preference heads, LoRA, Hugging Face / GGUF checkpoints, tokenizer."""
 from wind_jax.models.attention import AttentionMask, attention
-from wind_jax.models.config import LlamaConfig, rope_inv_frequencies
+from wind_jax.models.config import DecoderConfig, LlamaConfig, rope_inv_frequencies
 from wind_jax.models.heads import (
     PolicyWithOffset,
     PreferenceHead,
@@ -25,6 +25,7 @@ from wind_jax.models.lora import LORA, LoraTransformer, apply_lora, lora_state, 
 from wind_jax.models.tokenizer import Tokenizer
 
 __all__ = [
+    "DecoderConfig",
     "LlamaConfig",
     "rope_inv_frequencies",
     "attention",

@@ -1,4 +1,6 @@
-"""Checkpoint conversion: Hugging Face Llama directories (import/export) and GGUF files (import).
+"""Checkpoint conversion: Hugging Face directories (import/export) and GGUF files (import) of every family
+the decoder computes: llama, mistral, qwen2, qwen3, gemma2, gemma3_text (and the text decoder of a gemma3
+multimodal checkpoint).
 
 Every import goes through Hugging Face tensor names and layouts (weights [out, in]); `hf_to_params`
 maps them onto the wind_jax.models.Transformer parameter tree (kernels [in, out], per-layer tensors
@@ -31,7 +33,9 @@ from wind_jax.models.config import LlamaConfig
 from wind_jax.models.tokenizer import Tokenizer  # noqa: F401  (re-exported with the converters)
 from wind_jax.models.transformer import Transformer
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3")
+# Prefixes under which a gemma3 multimodal checkpoint stores its text decoder (transformers 5, 4.x).
+_MULTIMODAL_TEXT_PREFIXES = ("model.language_model.", "language_model.model.")
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 # HF tensors that carry no parameters (buffers some older exports saved).
@@ -51,15 +55,25 @@ _LAYER_MODULES = {
     "mlp.gate_proj": "mlp.gate_proj",
     "mlp.up_proj": "mlp.up_proj",
     "mlp.down_proj": "mlp.down_proj",
+    "attn.q_norm": "self_attn.q_norm",
+    "attn.k_norm": "self_attn.k_norm",
+}
+# With post_norms (Gemma) the HF names of the norms shift: HF post_attention_layernorm is the norm on the
+# attention output, the pre-MLP norm is pre_feedforward_layernorm.
+_POST_NORM_MODULES = {
+    "post_attn_norm": "pre_feedforward_layernorm",
+    "attn_out_norm": "post_attention_layernorm",
+    "mlp_out_norm": "post_feedforward_layernorm",
 }
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
 
 
 # ----------------------------------------------------------------------------- name mapping
-def hf_names(path: tuple, num_layers: int) -> list[str]:
+def hf_names(path: tuple, num_layers: int, post_norms: bool = False) -> list[str]:
     """HF tensor names of one Transformer parameter: one name for a global parameter, one per layer (in
     layer order) for a stacked layer parameter, e.g. ('layers', 'attn', 'q_proj', 'kernel') ->
-    ['model.layers.0.self_attn.q_proj.weight', 'model.layers.1.self_attn.q_proj.weight', ...]."""
+    ['model.layers.0.self_attn.q_proj.weight', 'model.layers.1.self_attn.q_proj.weight', ...].
+    post_norms: the Gemma naming of the layer norms (config.post_norms)."""
     *module, leaf = (str(p) for p in path)
     if leaf not in _LEAF_NAMES:
         raise ValueError(f"no Hugging Face name for parameter {'.'.join(map(str, path))}")
@@ -70,8 +84,9 @@ def hf_names(path: tuple, num_layers: int) -> list[str]:
         return ["model.norm.weight"]
     if module == ["lm_head"]:
         return ["lm_head.weight"]
-    if module and module[0] == "layers" and ".".join(module[1:]) in _LAYER_MODULES:
-        hf_module = _LAYER_MODULES[".".join(module[1:])]
+    table = {**_LAYER_MODULES, **_POST_NORM_MODULES} if post_norms else _LAYER_MODULES
+    if module and module[0] == "layers" and ".".join(module[1:]) in table:
+        hf_module = table[".".join(module[1:])]
         return [f"model.layers.{i}.{hf_module}.{suffix}" for i in range(num_layers)]
     raise ValueError(f"no Hugging Face name for parameter {'.'.join(map(str, path))}")
 
@@ -89,6 +104,14 @@ def expected_hf_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
         shapes["lm_head.weight"] = (v, d)
     for i in range(config.num_layers):
         p = f"model.layers.{i}."
+        if config.post_norms:
+            shapes.update({p + "pre_feedforward_layernorm.weight": (d,),
+                           p + "post_feedforward_layernorm.weight": (d,)})
+        if config.qk_norm:
+            shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)})
+        if config.qkv_bias and not config.attention_bias:
+            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                           p + "self_attn.v_proj.bias": (kv,)})
         shapes.update({
             p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
             p + "self_attn.q_proj.weight": (q, d), p + "self_attn.k_proj.weight": (kv, d),
@@ -117,8 +140,9 @@ def hf_to_params(config: LlamaConfig, tensors: Mapping[str, np.ndarray], *, sour
     unexpected = sorted(n for n in tensors if n not in expected and n not in ignorable
                         and not _IGNORED_HF_TENSORS.match(n))
     if unexpected:
-        raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:8]} for a Llama model with "
-                         f"{config.num_layers} layers (attention_bias={config.attention_bias})")
+        raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:8]} for a {config.model_type} model "
+                         f"with {config.num_layers} layers (attention_bias={config.attention_bias}, "
+                         f"qkv_bias={config.qkv_bias}, qk_norm={config.qk_norm})")
     for name, shape in expected.items():
         got = tuple(np.shape(tensors[name]))
         if got != shape:
@@ -131,7 +155,7 @@ def hf_to_params(config: LlamaConfig, tensors: Mapping[str, np.ndarray], *, sour
     for path, var in nnx.to_flat_state(state):
         if not isinstance(var, nnx.Param):
             raise ValueError(f"hf_to_params: unexpected non-parameter state at {path}")
-        names = hf_names(path, config.num_layers)
+        names = hf_names(path, config.num_layers, config.post_norms)
         values = [np.asarray(tensors[n]).T if _is_kernel(path) else np.asarray(tensors[n]) for n in names]
         value = np.stack(values) if str(path[0]) == "layers" else values[0]
         target = var.get_value().shape
@@ -147,7 +171,7 @@ def params_to_hf(model: Transformer) -> dict[str, np.ndarray]:
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = np.asarray(jax.device_get(var.get_value()))
-        names = hf_names(path, model.config.num_layers)
+        names = hf_names(path, model.config.num_layers, model.config.post_norms)
         per_name = list(value) if str(path[0]) == "layers" else [value]
         for name, v in zip(names, per_name, strict=True):
             out[name] = np.ascontiguousarray(v.T if _is_kernel(path) else v)
@@ -168,14 +192,21 @@ def _read_config_json(directory) -> tuple[str, dict]:
 
 
 def read_hf_config(directory: str | os.PathLike, **overrides) -> LlamaConfig:
-    """LlamaConfig from `directory/config.json`; rejects non-Llama architectures by name."""
+    """DecoderConfig from `directory/config.json` (a gemma3 multimodal config gives its text_config);
+    rejects other architectures, and fields the decoder does not compute, naming the file and field."""
     path, d = _read_config_json(directory)
     model_type = d.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{path}: model_type={model_type!r} is not supported "
-                         f"(supported: {SUPPORTED_MODEL_TYPES}, Llama architecture)")
-    if model_type == "mistral" and d.get("sliding_window") is not None:
-        raise ValueError(f"{path}: sliding_window={d['sliding_window']} attention is not supported")
+                         f"(supported: {SUPPORTED_MODEL_TYPES})")
+    if model_type == "gemma3":
+        text = d.get("text_config")
+        if not isinstance(text, Mapping):
+            raise ValueError(f"{path}: a gemma3 config needs a 'text_config' mapping (the text decoder)")
+        top = d
+        d = {**text, "model_type": "gemma3_text"}
+        if "tie_word_embeddings" not in text and "tie_word_embeddings" in top:
+            d["tie_word_embeddings"] = top["tie_word_embeddings"]
     try:
         return LlamaConfig.from_hf_dict(d, **overrides)
     except ValueError as e:
@@ -221,7 +252,26 @@ def import_hf(directory: str | os.PathLike, **config_overrides) -> tuple[LlamaCo
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
     config = read_hf_config(directory, **config_overrides)
     tensors = {k: _to_float32_if_bf16(v) for k, v in read_safetensors(directory).items()}
+    if _read_config_json(directory)[1].get("model_type") == "gemma3":
+        tensors = text_decoder_tensors(tensors, source=directory)
     return config, hf_to_params(config, tensors, source=directory)
+
+
+def text_decoder_tensors(tensors: Mapping[str, np.ndarray], *, source: str) -> dict[str, np.ndarray]:
+    """The text decoder of a gemma3 multimodal checkpoint under decoder names (model.*, lm_head.weight);
+    the vision tower and projector are dropped."""
+    out = {}
+    for name, value in tensors.items():
+        for prefix in _MULTIMODAL_TEXT_PREFIXES:
+            if name.startswith(prefix):
+                out["model." + name[len(prefix):]] = value
+                break
+        else:
+            if name == "lm_head.weight" or name == "language_model.lm_head.weight":
+                out["lm_head.weight"] = value
+    if not out:
+        raise ValueError(f"{source}: no text-decoder tensors under {_MULTIMODAL_TEXT_PREFIXES}")
+    return out
 
 
 def _to_float32_if_bf16(x: np.ndarray) -> np.ndarray:

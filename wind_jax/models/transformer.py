@@ -1,4 +1,8 @@
-"""Llama-family causal decoder in Flax NNX (HF LlamaForCausalLM semantics), plus `sequence_logprobs`.
+"""The one causal decoder in Flax NNX, plus `sequence_logprobs`.
+
+HF LlamaForCausalLM semantics by default; Mistral, Qwen2/2.5, Qwen3, Gemma 2 and Gemma 3 are
+configurations of it (DecoderConfig fields: biases, q/k norms, GeGLU, (1 + w) norms, embedding scale,
+post norms, soft-caps, sliding-window layers with their own RoPE), never subclasses.
 
 Parameter tree (stable: wind_jax.models.convert maps checkpoints onto these paths; kernels are [in, out]).
 The decoder layers are ONE module whose parameters are stacked over a leading layer axis L (logical
@@ -10,7 +14,10 @@ axis "layers"): layers.attn.q_proj.kernel is [L, hidden, heads*head_dim], layer 
   layers.attn.v_proj.kernel           [L, hidden, kv_heads*head_dim] ("layers", "embed", "kv_heads")
   layers.attn.o_proj.kernel           [L, heads*head_dim, hidden]    ("layers", "heads", "embed")
   (with attention_bias: *.bias        [L, out]                       ("layers", out axis name))
-  layers.post_attn_norm.scale         [L, hidden]                    ("layers", "embed")
+  (with qkv_bias: q/k/v_proj.bias     [L, out]                       ("layers", out axis name))
+  (with qk_norm: attn.q_norm.scale, attn.k_norm.scale [L, head_dim]  ("layers", "head_dim"))
+  (with post_norms: attn_out_norm.scale, mlp_out_norm.scale [L, hidden] ("layers", "embed"))
+  layers.post_attn_norm.scale         [L, hidden]                    ("layers", "embed")  (the pre-MLP norm)
   layers.mlp.gate_proj.kernel         [L, hidden, intermediate]      ("layers", "embed", "mlp")
   layers.mlp.up_proj.kernel           [L, hidden, intermediate]      ("layers", "embed", "mlp")
   layers.mlp.down_proj.kernel         [L, intermediate, hidden]      ("layers", "mlp", "embed")
@@ -22,7 +29,9 @@ sharding them over a mesh axis splits whole heads. The KV cache is stacked too: 
 
 The layers run as one jax.lax.scan over the stacked parameters (config.scan_layers; False runs a Python
 loop over the same parameters), each layer under jax.checkpoint with config.remat's policy; attention
-goes through wind_jax.models.attention with backend config.attention.
+goes through wind_jax.models.attention with backend config.attention. When local (sliding-window) and
+global layers mix, the layer type is per-layer data of the scan (a bool per layer) that picks the mask
+and the RoPE tables inside the one scanned body; the KV cache stays a full masked cache for every layer.
 
 Sharding metadata: every nnx.Param carries its logical axis names in the standard Flax metadata key
 `out_sharding` (a tuple of logical names), created with `eager_sharding=False` so no mesh is needed at
@@ -41,8 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wind_jax.models.attention import AttentionMask, attention
-from wind_jax.models.config import LlamaConfig, rope_inv_frequencies
+from wind_jax.models.attention import AttentionMask, attention, soft_cap
+from wind_jax.models.config import DecoderConfig, rope_inv_frequencies
+
+LlamaConfig = DecoderConfig
 
 Array = jax.Array
 KVCache = dict[str, Any]  # {"k": [L,B,S,KV,hd], "v": same, "mask": [B,S] bool, "index": int32 []}
@@ -75,16 +86,21 @@ class Dense(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """HF LlamaRMSNorm: normalize in float32, cast to the compute dtype, then scale."""
+    """HF LlamaRMSNorm: normalize in float32, cast to the compute dtype, then scale by w; with
+    config.norm_plus_one (Gemma) the scale is (1 + w), applied in float32 before the cast (w starts at 0)."""
 
-    def __init__(self, dim: int, *, config: LlamaConfig, rngs: nnx.Rngs):
-        self.scale = _param(rngs, nnx.initializers.ones, (dim,), jnp.dtype(config.param_dtype), ("embed",))
+    def __init__(self, dim: int, *, config: LlamaConfig, rngs: nnx.Rngs, names=("embed",)):
+        self.plus_one = config.norm_plus_one
+        init = nnx.initializers.zeros if self.plus_one else nnx.initializers.ones
+        self.scale = _param(rngs, init, (dim,), jnp.dtype(config.param_dtype), names)
         self.eps = config.rms_norm_eps
         self.dtype = jnp.dtype(config.dtype)
 
     def __call__(self, x: Array) -> Array:
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.plus_one:
+            return (x32 * (1.0 + self.scale[...].astype(jnp.float32))).astype(self.dtype)
         return self.scale[...].astype(self.dtype) * x32.astype(self.dtype)
 
 
@@ -94,9 +110,12 @@ class Embed(nnx.Module):
                                 (config.vocab_size, config.hidden_size), jnp.dtype(config.param_dtype),
                                 ("vocab", "embed"))
         self.dtype = jnp.dtype(config.dtype)
+        self.scale = float(np.sqrt(config.hidden_size)) if config.scale_embeddings else None
 
     def __call__(self, tokens: Array) -> Array:
-        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+        """Embedding rows (times sqrt(hidden) in the compute dtype with config.scale_embeddings)."""
+        x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+        return x if self.scale is None else x * jnp.asarray(self.scale, self.dtype)
 
     def attend(self, h: Array) -> Array:
         """Tied unembedding: float32 logits h @ embedding^T."""
@@ -109,9 +128,10 @@ def rotate_half(x: Array) -> Array:
     return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def rope_cos_sin(positions: Array, config: LlamaConfig) -> tuple[Array, Array]:
-    """cos, sin [B, T, head_dim] (float32) for integer positions [B, T]; halves duplicated (HF layout)."""
-    inv_freq = jnp.asarray(rope_inv_frequencies(config))
+def rope_cos_sin(positions: Array, config: LlamaConfig, *, local: bool = False) -> tuple[Array, Array]:
+    """cos, sin [B, T, head_dim] (float32) for integer positions [B, T]; halves duplicated (HF layout).
+    local=True: the tables of sliding-window layers (config.local_rope_theta / local_rope_scaling)."""
+    inv_freq = jnp.asarray(rope_inv_frequencies(config, local=local))
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
@@ -130,20 +150,31 @@ class Attention(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         c = config
         d, hd = c.hidden_size, c.head_dim
-        kw = dict(config=c, use_bias=c.attention_bias, rngs=rngs)
-        self.q_proj = Dense(d, c.num_heads * hd, ("embed", "heads"), **kw)
-        self.k_proj = Dense(d, c.num_kv_heads * hd, ("embed", "kv_heads"), **kw)
-        self.v_proj = Dense(d, c.num_kv_heads * hd, ("embed", "kv_heads"), **kw)
-        self.o_proj = Dense(c.num_heads * hd, d, ("heads", "embed"), **kw)
+        qkv = dict(config=c, use_bias=c.attention_bias or c.qkv_bias, rngs=rngs)
+        self.q_proj = Dense(d, c.num_heads * hd, ("embed", "heads"), **qkv)
+        self.k_proj = Dense(d, c.num_kv_heads * hd, ("embed", "kv_heads"), **qkv)
+        self.v_proj = Dense(d, c.num_kv_heads * hd, ("embed", "kv_heads"), **qkv)
+        self.o_proj = Dense(c.num_heads * hd, d, ("heads", "embed"), config=c, use_bias=c.attention_bias,
+                            rngs=rngs)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(hd, config=c, rngs=rngs, names=("head_dim",))
+            self.k_norm = RMSNorm(hd, config=c, rngs=rngs, names=("head_dim",))
+        self.qk_norm = c.qk_norm
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, hd
         self.impl = c.attention
+        self.scale = None if c.query_pre_attn_scalar is None else c.attn_scale
+        self.softcap, self.window = c.attn_logit_softcap, c.sliding_window
 
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: AttentionMask, kv_cache):
-        """kv_cache: None or (k [L,B,S,KV,hd], v, layer index, write index); returns (out, (k, v) | None)."""
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: AttentionMask, kv_cache, is_local=True):
+        """kv_cache: None or (k [L,B,S,KV,hd], v, layer index, write index); returns (out, (k, v) | None).
+        is_local: whether this layer is a sliding-window layer (bool, may be traced)."""
         b, t, _ = x.shape
         h, kvh, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        q = apply_rope(self.q_proj(x).reshape(b, t, h, hd), cos, sin)
-        k = apply_rope(self.k_proj(x).reshape(b, t, kvh, hd), cos, sin)
+        q = self.q_proj(x).reshape(b, t, h, hd)
+        k = self.k_proj(x).reshape(b, t, kvh, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = self.v_proj(x).reshape(b, t, kvh, hd)
         new_cache = None
         if kv_cache is not None:
@@ -154,35 +185,50 @@ class Attention(nnx.Module):
             new_cache = (ck, cv)
             k = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False)
             v = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False)
-        out = attention(q, k, v, mask, self.impl).reshape(b, t, h * hd)
+        out = attention(q, k, v, mask, self.impl, scale=self.scale, softcap=self.softcap, window=self.window,
+                        is_local=is_local).reshape(b, t, h * hd)
         return self.o_proj(out), new_cache
 
 
 class MLP(nnx.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU down(silu(gate(x)) * up(x)), or GeGLU down(gelu_tanh(gate(x)) * up(x)) (Gemma)."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         d, f = config.hidden_size, config.intermediate_size
         self.gate_proj = Dense(d, f, ("embed", "mlp"), config=config, rngs=rngs)
         self.up_proj = Dense(d, f, ("embed", "mlp"), config=config, rngs=rngs)
         self.down_proj = Dense(f, d, ("mlp", "embed"), config=config, rngs=rngs)
+        self.gelu = config.mlp_activation == "gelu_tanh"
 
     def __call__(self, x: Array) -> Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        g = self.gate_proj(x)
+        g = jax.nn.gelu(g, approximate=True) if self.gelu else jax.nn.silu(g)
+        return self.down_proj(g * self.up_proj(x))
 
 
 class DecoderLayer(nnx.Module):
+    """Pre-norm block x + Attn(N(x)), x + MLP(N(x)); with post_norms (Gemma) the attention and MLP
+    outputs are normed too: x + N_ao(Attn(N_in(x))), x + N_mo(MLP(N_pre(x)))."""
+
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         self.input_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
         self.attn = Attention(config, rngs=rngs)
         self.post_attn_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
+        self.post_norms = config.post_norms
+        if config.post_norms:
+            self.attn_out_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
+            self.mlp_out_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask: AttentionMask, kv_cache):
-        a, new_cache = self.attn(self.input_norm(x), cos, sin, mask, kv_cache)
+    def __call__(self, x, cos, sin, mask: AttentionMask, kv_cache, is_local=True):
+        a, new_cache = self.attn(self.input_norm(x), cos, sin, mask, kv_cache, is_local)
+        if self.post_norms:
+            a = self.attn_out_norm(a)
         x = x + a
-        x = x + self.mlp(self.post_attn_norm(x))
-        return x, new_cache
+        m = self.mlp(self.post_attn_norm(x))
+        if self.post_norms:
+            m = self.mlp_out_norm(m)
+        return x + m, new_cache
 
 
 def _stacked_layers(config: LlamaConfig, rngs: nnx.Rngs) -> DecoderLayer:
@@ -214,11 +260,11 @@ def positions_from_mask(attention_mask: Array, offset: Array | None = None) -> A
 
 
 class Transformer(nnx.Module):
-    """Llama-family causal LM. `__call__` returns (float32 logits [B, T, V], new cache or None)."""
+    """The causal LM (every family). `__call__` returns (float32 logits [B, T, V], new cache or None)."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
-        if not isinstance(config, LlamaConfig):
-            raise ValueError(f"config must be a LlamaConfig, got {type(config).__name__}")
+        if not isinstance(config, DecoderConfig):
+            raise ValueError(f"config must be a DecoderConfig (LlamaConfig), got {type(config).__name__}")
         self.config = config
         self.embed = Embed(config, rngs=rngs)
         self.layers = _stacked_layers(config, rngs)
@@ -271,9 +317,12 @@ class Transformer(nnx.Module):
             key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, write_index))
             mask = AttentionMask(write_index + jnp.arange(t), jnp.arange(s), key_mask)
             kv = (cache["k"], cache["v"])
-        cos, sin = rope_cos_sin(jnp.asarray(positions), self.config)
+        positions = jnp.asarray(positions)
+        rope = rope_cos_sin(positions, self.config)
+        if self.config.has_local_rope:
+            rope = (*rope, *rope_cos_sin(positions, self.config, local=True))
         x = self.embed(tokens)
-        x, kv = self._run_layers(x, cos, sin, mask, kv, write_index)
+        x, kv = self._run_layers(x, rope, mask, kv, write_index)
         x = self.final_norm(x)
         new_cache = None
         if cache is not None:
@@ -281,34 +330,51 @@ class Transformer(nnx.Module):
                          "index": (write_index + t).astype(jnp.int32)}
         return x, new_cache
 
-    def _run_layers(self, x, cos, sin, mask, kv, write_index):
-        """The stacked layers over x: one lax.scan (config.scan_layers) or a Python loop, with remat."""
+    def _run_layers(self, x, rope, mask, kv, write_index):
+        """The stacked layers over x: one lax.scan (config.scan_layers) or a Python loop, with remat.
+
+        rope: (cos, sin) or, with a local RoPE, (cos, sin, cos_local, sin_local). When local and global
+        layers mix, the scan also carries a per-layer bool `is_local` that picks the mask and the tables;
+        a uniform model passes the layer type as a Python constant (no selection in the program)."""
         c = self.config
         graphdef, params = nnx.split(self.layers)
+        types = c.layer_is_sliding
+        mixed = len(set(types)) > 1
 
         def one_layer(carry, xs):
             x, kv = carry
-            i, layer_params = xs
+            i, is_local, layer_params = xs
             layer = nnx.merge(graphdef, layer_params)
-            x, kv = layer(x, cos, sin, mask, None if kv is None else (*kv, i, write_index))
+            cos, sin = rope[:2]
+            if len(rope) == 4:
+                cos = jnp.where(is_local, rope[2], cos)
+                sin = jnp.where(is_local, rope[3], sin)
+            x, kv = layer(x, cos, sin, mask, None if kv is None else (*kv, i, write_index), is_local)
             return (x, kv), None
 
+        if not mixed:
+            uniform_layer, local = one_layer, types[0]
+            one_layer = lambda carry, xs: uniform_layer(carry, (xs[0], local, xs[1]))  # noqa: E731
         if c.remat != "none":
             one_layer = jax.checkpoint(one_layer, policy=remat_policy(c.remat), prevent_cse=not c.scan_layers)
         carry = (x, kv)
+        per_layer = (jnp.asarray(types),) if mixed else ()
         if c.scan_layers:
-            carry, _ = jax.lax.scan(one_layer, carry, (jnp.arange(c.num_layers), params))
+            carry, _ = jax.lax.scan(one_layer, carry, (jnp.arange(c.num_layers), *per_layer, params))
         else:
             for i in range(c.num_layers):
-                carry, _ = one_layer(carry, (jnp.asarray(i), jax.tree.map(lambda p, i=i: p[i], params)))
+                xs = (jnp.asarray(i), *(jnp.asarray(types[i]) for _ in per_layer),
+                      jax.tree.map(lambda p, i=i: p[i], params))
+                carry, _ = one_layer(carry, xs)
         return carry
 
     def logits_from_hidden(self, h: Array) -> Array:
         """float32 logits [..., V] from final-normed hidden states."""
         if self.lm_head is None:
-            return self.embed.attend(h)
+            return soft_cap(self.embed.attend(h), self.config.final_logit_softcap)
         dt = jnp.dtype(self.config.dtype)
-        return jnp.dot(h.astype(dt), self.lm_head.kernel[...].astype(dt), preferred_element_type=jnp.float32)
+        logits = jnp.dot(h.astype(dt), self.lm_head.kernel[...].astype(dt), preferred_element_type=jnp.float32)
+        return soft_cap(logits, self.config.final_logit_softcap)
 
     def __call__(self, tokens: Array, *, positions: Array | None = None, attention_mask: Array | None = None,
                  cache: KVCache | None = None) -> tuple[Array, KVCache | None]:

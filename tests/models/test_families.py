@@ -1,0 +1,277 @@
+"""Every family as a configuration of the one decoder: Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3.
+
+Fast tests: config round trips through the HF dict, the windowed / soft-capped attention of every backend
+against a float64 NumPy re-derivation (splash in the Pallas interpreter), a layer pattern staying one
+scanned program, the windowed KV cache against the cache-free forward. Interop tests: random-weight
+checkpoints that transformers itself writes (windows shorter than the sequence, GQA, tied and untied)
+give the same logits (1e-4, float32), gradients (Gemma 3) and, exported back, the same logits in
+transformers.
+"""
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from wind_jax.models import DecoderConfig, LlamaConfig, Transformer
+from wind_jax.models.attention import AttentionMask, attention, splash_attention
+
+SEQ = 12  # longer than every window below
+
+
+def _family_configs():
+    """Small configs of each family (windows 3-5 < SEQ, GQA, explicit head_dim, tied and untied)."""
+    common = dict(vocab_size=96, hidden_size=48, intermediate_size=80, num_layers=4, num_heads=4,
+                  num_kv_heads=2, max_position_embeddings=64, initializer_range=0.2)
+    gemma = dict(head_dim=16, mlp_activation="gelu_tanh", norm_plus_one=True, scale_embeddings=True,
+                 post_norms=True, query_pre_attn_scalar=24, rms_norm_eps=1e-6, tie_word_embeddings=True)
+    return {
+        "mistral": DecoderConfig(model_type="mistral", sliding_window=4, head_dim=16, **common),
+        "qwen2": DecoderConfig(model_type="qwen2", qkv_bias=True, sliding_window=5, tie_word_embeddings=True,
+                               layer_types=("full_attention", "full_attention", "sliding_attention",
+                                            "sliding_attention"), **common),
+        "qwen3": DecoderConfig(model_type="qwen3", qk_norm=True, head_dim=20, **common),
+        "gemma2": DecoderConfig(model_type="gemma2", attn_logit_softcap=3.0, final_logit_softcap=4.0,
+                                sliding_window=3, layer_types=("sliding_attention", "full_attention") * 2,
+                                **gemma, **common),
+        "gemma3_text": DecoderConfig(model_type="gemma3_text", qk_norm=True, sliding_window=5,
+                                     rope_theta=1e6, local_rope_theta=1e4,
+                                     rope_scaling={"rope_type": "linear", "factor": 4.0},
+                                     layer_types=("sliding_attention",) * 3 + ("full_attention",),
+                                     **{**gemma, "tie_word_embeddings": False}, **common),
+    }
+
+
+FAMILIES = sorted(_family_configs())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_config_survives_the_hf_dict(family):
+    config = _family_configs()[family]
+    d = config.to_hf_dict()
+    assert d["model_type"] == family
+    assert DecoderConfig.from_hf_dict(d, initializer_range=0.2) == config
+    assert LlamaConfig is DecoderConfig
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="layer_types has 3 entries"):
+        DecoderConfig.tiny(sliding_window=4, layer_types=("sliding_attention",) * 3)
+    with pytest.raises(ValueError, match="sliding_window is None"):
+        DecoderConfig.tiny(layer_types=("sliding_attention", "full_attention"))
+    with pytest.raises(ValueError, match="cannot soft-cap"):
+        DecoderConfig.tiny(attn_logit_softcap=5.0, attention="xla")
+    with pytest.raises(ValueError, match="mlp_activation"):
+        DecoderConfig.tiny(mlp_activation="relu")
+    with pytest.raises(ValueError, match=r"cannot express field\(s\) \['qk_norm'\]"):
+        DecoderConfig.tiny(model_type="mistral", qk_norm=True).to_hf_dict()
+    with pytest.raises(ValueError, match="sliding_window=4 is not a field of model_type 'llama'"):
+        DecoderConfig.from_hf_dict(dict(model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8,
+                                        num_hidden_layers=1, num_attention_heads=2, sliding_window=4))
+    with pytest.raises(ValueError, match="hidden_activation='relu'"):
+        DecoderConfig.from_hf_dict(dict(model_type="gemma2", vocab_size=8, hidden_size=8, intermediate_size=8,
+                                        num_hidden_layers=1, num_attention_heads=2, hidden_activation="relu"))
+
+
+def test_presets_have_their_published_sizes():
+    assert abs(DecoderConfig.gemma3_270m().num_params - 268.1e6) < 0.1e6
+    assert abs(DecoderConfig.gemma3_1b().num_params - 1.000e9) < 0.001e9
+    assert abs(DecoderConfig.qwen3_4b().num_params - 4.022e9) < 0.001e9
+    assert DecoderConfig.gemma3_270m().layer_is_sliding == ((True,) * 5 + (False,)) * 3
+    for name in ("gemma3_270m", "gemma3_1b", "gemma3_12b", "gemma2_2b", "qwen3_4b", "qwen3_8b", "qwen25_7b",
+                 "mistral_7b"):
+        config = getattr(DecoderConfig, name)()
+        assert DecoderConfig.from_hf_dict(config.to_hf_dict()) == config, name
+
+
+# ------------------------------------------------------------------------------------------ attention
+def _np_attention(q, k, v, real, *, scale, softcap, window):
+    """float64 causal GQA attention with padding, optional soft-cap and sliding window."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    b, t, h, d = q.shape
+    rep = h // k.shape[2]
+    k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
+    s = np.einsum("bthd,bshd->bhts", q, k) * scale
+    if softcap:
+        s = softcap * np.tanh(s / softcap)
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    ok = (j <= i) & (True if window is None else (i - j < window))
+    ok = ok[None, None] & real[:, None, None, :]
+    s = np.where(ok, s, -np.inf)
+    with np.errstate(invalid="ignore"):  # padding query rows see no key: NaN, never read
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+    return np.einsum("bhts,bshd->bthd", p, v)
+
+
+@pytest.mark.parametrize("window,softcap", [(None, 2.0), (5, None), (37, 1.5)])
+def test_attention_backends_window_and_softcap(window, softcap):
+    t = 128  # splash needs a multiple of 128
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, t, 4, 16)).astype(np.float32)
+    k = rng.standard_normal((2, t, 2, 16)).astype(np.float32)
+    v = rng.standard_normal((2, t, 2, 16)).astype(np.float32)
+    real = np.ones((2, t), bool)
+    real[1, :9] = False  # left padding
+    mask = AttentionMask(jnp.arange(t), jnp.arange(t), jnp.asarray(real), jnp.asarray(real, jnp.int32))
+    want = _np_attention(q, k, v, real, scale=0.3, softcap=softcap, window=window)
+    opts = dict(scale=0.3, softcap=softcap, window=window)
+    impls = ["reference"] + ([] if softcap else ["xla"])
+    for impl in impls:
+        got = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask, impl, **opts)
+        np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=2e-5, err_msg=impl)
+    got = splash_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask.segment_ids, interpret=True,
+                           **opts)
+    np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=2e-5, err_msg="splash")
+    if window is not None:  # a traced layer type picks the local or the global kernel
+        pick = jax.jit(lambda loc: splash_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                                                    mask.segment_ids, interpret=True, is_local=loc, **opts))
+        glob = _np_attention(q, k, v, real, scale=0.3, softcap=softcap, window=None)
+        np.testing.assert_allclose(np.asarray(pick(jnp.asarray(False)))[real], glob[real], atol=2e-5)
+        np.testing.assert_allclose(np.asarray(pick(jnp.asarray(True)))[real], want[real], atol=2e-5)
+    if softcap:
+        with pytest.raises(ValueError, match="cannot soft-cap"):
+            attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask, "xla", **opts)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "mistral"])
+def test_backends_agree_on_a_family_model(family):
+    config = _family_configs()[family]
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 96, (2, SEQ)), jnp.int32)
+    mask = jnp.ones((2, SEQ), bool).at[1, :3].set(False)
+    ref = Transformer(config, rngs=nnx.Rngs(0))
+    want = np.asarray(ref(tokens, attention_mask=mask)[0])
+    impls = ["xla"] if config.attn_logit_softcap is None else []
+    for impl in impls + ["reference"]:
+        for scan in (True, False):
+            model = Transformer(config.replace(attention=impl, scan_layers=scan), rngs=nnx.Rngs(0))
+            got = np.asarray(model(tokens, attention_mask=mask)[0])
+            np.testing.assert_allclose(got[np.asarray(mask)], want[np.asarray(mask)], atol=2e-5,
+                                       err_msg=f"{impl} scan={scan}")
+
+
+def test_layer_pattern_is_one_scanned_body():
+    """A 5:1 local/global model lowers to one while loop whose body holds one layer: the program of 12
+    layers has as many matmuls as that of 6 (the layer type is scan data, not an unrolled loop)."""
+    def lowered(n):
+        config = _family_configs()["gemma3_text"].replace(num_layers=n, layer_types=(
+            ("sliding_attention",) * 5 + ("full_attention",)) * (n // 6))
+        graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
+        tokens = jnp.zeros((1, SEQ), jnp.int32)
+        return jax.jit(lambda s: nnx.merge(graphdef, s)(tokens)[0]).lower(state).as_text()
+
+    six, twelve = lowered(6), lowered(12)
+    assert twelve.count("stablehlo.while") == 1
+    assert twelve.count("dot_general") == six.count("dot_general")
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "qwen2", "mistral"])
+def test_windowed_cache_decode_matches_full_forward(family):
+    """Prefill + one-token decode steps through the (masked, full) KV cache give the cache-free logits,
+    with windows shorter than the sequence and a left-padded row."""
+    config = _family_configs()[family]
+    model = Transformer(config, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(2)
+    tokens = jnp.asarray(rng.integers(0, 96, (2, SEQ)), jnp.int32)
+    mask = jnp.ones((2, SEQ), bool).at[0, :2].set(False)
+    want = np.asarray(model(tokens, attention_mask=mask)[0])
+    cache = model.init_cache(2, SEQ)
+    prefill = 5
+    logits, cache = model(tokens[:, :prefill], attention_mask=mask[:, :prefill], cache=cache)
+    got = [np.asarray(logits)]
+    for i in range(prefill, SEQ):
+        logits, cache = model(tokens[:, i:i + 1], attention_mask=mask[:, i:i + 1], cache=cache)
+        got.append(np.asarray(logits))
+    got = np.concatenate(got, axis=1)
+    m = np.asarray(mask)
+    np.testing.assert_allclose(got[m], want[m], atol=3e-5)
+
+
+# ---------------------------------------------------------------------------------------- transformers
+def _hf_config(family, tied):
+    """A transformers config of `family` mirroring _family_configs() (windows < SEQ, GQA)."""
+    import transformers
+
+    ours = _family_configs()[family].replace(tie_word_embeddings=tied)
+    d = ours.to_hf_dict()
+    cls = transformers.AutoConfig.for_model(d.pop("model_type"), **{
+        k: v for k, v in d.items() if k not in ("architectures", "torch_dtype")}).__class__
+    return cls(**{k: v for k, v in d.items() if k not in ("model_type", "architectures", "torch_dtype")})
+
+
+def _hf_model(family, tied, seed=0):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = _hf_config(family, tied)
+    cfg._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():  # every parameter away from its init (Gemma norms start at 0 = scale 1)
+        for p in model.parameters():
+            p.add_(0.15 * torch.randn_like(p))
+    return model
+
+
+def _hf_logits(hf, tokens, mask):
+    import torch
+
+    from wind_jax.models import positions_from_mask
+
+    pos = np.asarray(positions_from_mask(jnp.asarray(mask)))
+    with torch.no_grad():
+        return hf(torch.tensor(np.asarray(tokens)), attention_mask=torch.tensor(np.asarray(mask, np.int64)),
+                  position_ids=torch.tensor(pos)).logits.float().numpy()
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_import_export_match_transformers(tmp_path, family, tied):
+    transformers = pytest.importorskip("transformers")
+    from wind_jax.models import export_hf, import_hf
+
+    hf = _hf_model(family, tied)
+    hf.save_pretrained(tmp_path / "hf")
+    config, model = import_hf(tmp_path / "hf")
+    assert config.model_type == family and config.tie_word_embeddings == tied
+    assert config.sliding_window == _family_configs()[family].sliding_window
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 96, (2, SEQ))
+    mask = np.ones((2, SEQ), bool)
+    mask[1, :3] = False
+    want = _hf_logits(hf, tokens, mask)
+    got = np.asarray(model(jnp.asarray(tokens, jnp.int32), attention_mask=jnp.asarray(mask))[0])
+    np.testing.assert_allclose(got[mask], want[mask], atol=1e-4, rtol=0)
+    assert np.abs(want[mask]).max() > 0.5  # the comparison is not between near-zero logits
+
+    export_hf(model, config, tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager")
+    assert type(back).__name__ == type(hf).__name__
+    np.testing.assert_allclose(_hf_logits(back.eval(), tokens, mask)[mask], want[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.interop
+def test_gemma3_gradients_match_transformers(tmp_path):
+    torch = pytest.importorskip("torch")
+    from wind_jax.models import import_hf, token_logprobs
+    from wind_jax.models.convert import params_to_hf
+
+    hf = _hf_model("gemma3_text", tied=False, seed=1)
+    hf.save_pretrained(tmp_path / "hf")
+    config, model = import_hf(tmp_path / "hf")
+    tokens = np.random.default_rng(6).integers(0, 96, (2, SEQ))
+    out = hf(torch.tensor(tokens)).logits
+    lp = torch.log_softmax(out[:, :-1].float(), -1).gather(-1, torch.tensor(tokens[:, 1:, None])).sum()
+    lp.backward()
+    want = {n: p.grad.numpy() for n, p in hf.named_parameters()}
+
+    def loss(m):
+        return token_logprobs(m(jnp.asarray(tokens, jnp.int32))[0], jnp.asarray(tokens)).sum()
+
+    grads = nnx.grad(loss)(model)
+    graphdef, _ = nnx.split(model)
+    got = params_to_hf(nnx.merge(graphdef, grads))
+    assert set(got) == set(want)
+    for name, g in got.items():
+        np.testing.assert_allclose(g, want[name], atol=1e-4, rtol=0, err_msg=name)
