@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from wind_jax import games, losses
+from wind_jax import games, losses, methods
 from wind_jax.bandit import algorithms, env, policies
 
 X, Y = 3, 5
@@ -66,11 +66,13 @@ def test_sampling_and_knockout_frequencies():
     def draw(k):
         k1, k2 = jax.random.split(k)
         ys, c = env.sample_responses(k1, log_pi, prompts, 2)
-        return ys, c, *env.knockout_winner(k2, P, prompts, ys)
+        pick = lambda i: jnp.take_along_axis(ys, i, 1)  # noqa: E731
+        t = methods.KNOCKOUT.run(lambda k, i, j: env.duel(k, P, prompts[:, None], pick(i), pick(j))[0], k2, 2,
+                                 prompts.shape[0])
+        return ys, c, ys[jnp.arange(ys.shape[0]), t.best]
 
-    ys, c, winner, cw = draw(jax.random.key(4))
+    ys, c, winner = draw(jax.random.key(4))
     assert int(c.samples) == ys.size == 2 * X * N and int(c.queries) == 0
-    assert int(cw.queries) == X * N and int(cw.samples) == 0
     for sample, expected in ((ys[:, 0], pi), (winner, games.best_of_n(pi, P, 2))):
         freq = np.zeros((X, Y))
         np.add.at(freq, (np.asarray(prompts), np.asarray(sample)), 1.0 / N)
@@ -83,28 +85,38 @@ def test_best_and_worst_exact_for_deterministic_reward():
         jax.random.key(6), 2, 16)
     ys = _randint(jax.random.key(7), (2, 8), 0, 16)
     prompts = jnp.arange(2)
-    best, worst, c = jit(env.best_and_worst)(jax.random.key(8), P, prompts, ys)
+    asked = []
+
+    def duel(k, i, j):
+        asked.append(i.size)
+        pick = lambda i: jnp.take_along_axis(ys, i, 1)  # noqa: E731
+        return env.duel(k, P, prompts[:, None], pick(i), pick(j))[0]
+
+    t = methods.BEST_VS_WORST.run(duel, jax.random.key(8), 8, 2)
+    best, worst = ys[jnp.arange(2), t.best], ys[jnp.arange(2), t.worst]
     rr = np.asarray(r)[np.arange(2)[:, None], np.asarray(ys)]
     np.testing.assert_array_equal(np.asarray(r)[np.arange(2), np.asarray(best)], rr.max(1))
     np.testing.assert_array_equal(np.asarray(r)[np.arange(2), np.asarray(worst)], rr.min(1))
-    assert int(c.queries) == 2 * (3 * 8 // 2 - 2)
-    L, cr = jit(env.round_robin)(jax.random.key(9), P, prompts, ys[:, :5])
+    assert sum(asked) == 2 * (3 * 8 // 2 - 2)
+    asked.clear()
+    t = methods.ROUND_ROBIN.run(duel, jax.random.key(9), 5, 2)
+    L = methods.win_matrix(t.outcome, 5)
     np.testing.assert_allclose(np.asarray(L + jnp.swapaxes(L, 1, 2)), 1.0)
-    assert int(cr.queries) == 2 * 10
+    assert sum(asked) == 2 * 10
 
 
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="kind"):
         policies.random_features(jax.random.key(0), 2, 3, kind="tabular")
     with pytest.raises(ValueError, match="power-of-2"):
-        env.knockout_winner(jax.random.key(0), jnp.full((2, 3, 3), 0.5), jnp.arange(2), jnp.zeros((2, 3), int))
+        methods.KNOCKOUT.run(lambda k, i, j: jnp.zeros(i.shape), jax.random.key(0), 3, 2)
     with pytest.raises(ValueError, match="beta"):
         algorithms.make_methods(0.0, 1.0)
     with pytest.raises(ValueError, match="P \\+ P\\^T"):
         env.validate_preference(jnp.full((1, 2, 2), 0.7))
     pol = policies.LogLinearPolicy(jnp.zeros((X, Y, 3)))
     m = algorithms.make_methods(0.2, 1.0)["wind_sq"]
-    bad = algorithms.Method("bad", "wind_sq", m.draw, 2, 1, "", {"gamma": 1.0})
+    bad = algorithms.Method("bad", m.record, 2, "", {"gamma": 1.0})
     with pytest.raises(ValueError, match="gamma"):
         algorithms.make_outer_step(pol, bad, 4, optax.adam(0.1), 2)
     with pytest.raises(ValueError, match="batch_size"):
@@ -150,7 +162,7 @@ def test_every_method_counts_exactly(monkeypatch):
         out = {}
         for name, m in methods.items():
             produced.update(samples=0, queries=0)
-            draw = m.draw(key, P, prompts, log_pi, log_pi, log_pi)
+            draw = algorithms.draw(m, key, P, prompts, {"policy": log_pi, "reference": log_pi, "anchor": log_pi})
             traced[name] = dict(produced)
             spec = losses.get_loss(m.loss)
             batch = algorithms.assemble_batch(draw, {"prev": log_pi, "ref": log_pi, "anchor": log_pi},

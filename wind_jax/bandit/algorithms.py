@@ -308,8 +308,9 @@ def method_params(method: Method, loss_spec=None, *, learning_rate: float = floa
 
 def compile_key(method: Method) -> tuple:
     """Methods with equal keys (and equal batch sizes) run the same program with different `method_params`."""
-    return (method.record.name, method.n, method.loss, method.offset_mode,
-            tuple(sorted((k, float(v)) for k, v in method.hparams.items() if k in STATIC_HPARAMS)))
+    rec = method.record
+    static = tuple(sorted((k, float(v)) for k, v in method.hparams.items() if k in STATIC_HPARAMS))
+    return rec.draws, rec.schedule, rec.assemble, method.n, method.loss, method.offset_mode, static
 
 
 def _outer_step(policy, method: Method, mp, batch_size: int, optimizer, num_inner: int, loss_spec, hparams):
