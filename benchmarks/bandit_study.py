@@ -46,6 +46,7 @@ from wind_jax.bandit.settings import equilibrium, make_setting, use_cheap_codege
 SETTINGS = ("bradley_terry/realizable", "bradley_terry/misspecified", "nontransitive/realizable",
             "nontransitive/misspecified")
 EPS = (0.2, 0.1, 0.05, 0.02)
+CHEAP = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}  # per-program codegen
 
 
 def study_methods(beta: float, eta: float) -> dict[str, algorithms.Method]:
@@ -160,7 +161,6 @@ def main(argv=None):
                        "eval": [Game(s, i, cfg, floor_fn) for i in range(cfg.num_games)]}
     log(f"{len(settings)} settings x {cfg.num_heldout} + {cfg.num_games} games set up")
 
-    cheap = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
     record, T = jnp.asarray(True), jnp.asarray(cfg.num_outer, jnp.int32)
     results = {"config": vars(cfg), "grid": grid, "eps": EPS, "settings": {}}
     rng = np.random.default_rng(0)
@@ -168,7 +168,7 @@ def main(argv=None):
         m = all_methods[mname]
         per_prompt = m.queries_per_prompt
         batch = max(1, cfg.budget_per_iter // per_prompt)
-        run = jax.jit(algorithms.make_run(m, batch, optax.adam, max(inners), cfg.num_outer), compiler_options=cheap)
+        run = jax.jit(algorithms.make_run(m, batch, optax.adam, max(inners), cfg.num_outer), compiler_options=CHEAP)
 
         def go(game, lr, k):
             mp = algorithms.method_params(m, learning_rate=lr, num_inner=k)
@@ -236,13 +236,12 @@ def nce_batch_dependence(cfg, all_methods, floor_fn, log):
     """wind_nce (plain and pseudo-count) at several prompts per iteration: writes nce_batch.{json,md}."""
     setting = "nontransitive/realizable"
     evals = [Game(setting, i, cfg, floor_fn) for i in range(cfg.num_games)]
-    cheap = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
     rows, md = [], ["| variant | prompts / iter (loss rows) | final KL(pi*_beta \|\| pi) | starved mass | KL to ref |",
                     "|---|---|---|---|---|"]
     for mname in ("wind_nce", "wind_nce:learned+pseudo_count=0.5"):
         m = all_methods[mname]
         for b in (int(v) for v in cfg.nce_prompts.split(",")):
-            run = jax.jit(algorithms.make_run(m, b, optax.adam, 40, cfg.num_outer), compiler_options=cheap)
+            run = jax.jit(algorithms.make_run(m, b, optax.adam, 40, cfg.num_outer), compiler_options=CHEAP)
             mp = algorithms.method_params(m, learning_rate=0.05, num_inner=40)
             outs = [jax.device_get(run(g.policy, mp, g.states, g.P, g.theta_ref, g.pi_star, jnp.asarray(True),
                                        jnp.asarray(cfg.num_outer, jnp.int32))) for g in evals]

@@ -4,7 +4,7 @@ all methods side by side in ONE process, as RATIOS to the reference method's who
 are machine- and load-specific; absolute seconds belong to a GPU run).
 
 Run (default: equal prompts per iteration, every method at seed 0, 8 outer iterations at --size=small):
-    python -m benchmarks.figure2 --out_dir outputs/llm_table
+    python -m benchmarks.figure2 --out_dir outputs/figure2
     python -m benchmarks.figure2 --budget=queries      # equal preference-query budget instead
 
 Timing: the loop's own per-iteration split (wind_jax/train/loop.py: time/sampling, time/judging,
@@ -104,7 +104,7 @@ def plot_figure2(fig: dict, path: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out_dir", default="outputs/llm_table")
+    p.add_argument("--out_dir", default="outputs/figure2")
     p.add_argument("--size", default="small", choices=sorted(R.SIZES))
     p.add_argument("--budget", default="prompts", choices=("prompts", "queries", "samples"))
     p.add_argument("--methods", default=",".join(R.METHODS))

@@ -79,10 +79,10 @@ def bench(X, Y, beta=0.1, eta=1.0):
     }
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="64x64,256x256,1024x512")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.device_count()}, float32")
     head = (
         f"{'X x Y':>10} {'JAX steps/s':>12} {'NumPy steps/s':>14} {'ratio':>7} {'step ms':>9} "

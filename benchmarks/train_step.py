@@ -99,7 +99,7 @@ def _spawn(devices: int, args) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--accelerator", action="store_true", help="run the ~0.5B config on the default backend")
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--micro", type=int, default=1)
     p.add_argument("--mesh", type=int, nargs=3, default=[-1, 1, 1])
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.child:
         return _child(args)
     if args.accelerator:

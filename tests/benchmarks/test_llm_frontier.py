@@ -1,85 +1,16 @@
-"""The result scripts' bookkeeping: budgets, warm-iteration medians, and the all-or-nothing publishing of
-benchmarks.reproduce_all. The end-to-end table at tiny size is slow-marked."""
+"""benchmarks.llm_frontier (issue 13): gaps below the frontier bracket, above-frontier flags, resources to reach
+a win rate, the hyperparameter choice, exact gold matrices, the command line. The quick end-to-end comparison
+is slow-marked."""
 import math
 import os
-import sys
 
 import pytest
 
+from benchmarks import llm_frontier as LF
 from benchmarks import llm_results as R
-from benchmarks import reproduce_all
+from benchmarks.llm_frontier.__main__ import main, parse_plan
 
 
-def test_budgets_match_the_loop_accounting():
-    # samples and queries per prompt: 2 and 1 for WIND, K and K(K-1)/2 for round robins, 3 and 3 for J-BOND
-    assert R.per_prompt_cost("wind_kl") == (2, 1)
-    assert R.per_prompt_cost("sppo") == (5, 10)
-    assert R.per_prompt_cost("bonbon") == (8, 28)
-    assert R.per_prompt_cost("jbond") == (3, 3)
-    assert R.prompts_for_budget("sppo", "queries", 128) == 12      # 120 queries <= 128
-    assert R.prompts_for_budget("sppo", "samples", 128) == 51      # 255 samples <= 256
-    assert R.prompts_for_budget("bonbon", "queries", 10) == 1      # never zero prompts
-    with pytest.raises(ValueError, match="budget"):
-        R.prompts_for_budget("wind_sq", "tokens", 128)
-    with pytest.raises(ValueError, match="method"):
-        R.per_prompt_cost("rlhf")
-
-
-def test_phase_medians_skip_warmup_and_name_the_remainder():
-    recs = [{"iteration": 1, "time/iteration": 100.0, "time/sampling": 90.0},
-            {"iteration": 2, "time/iteration": 10.0, "time/sampling": 4.0, "time/training": 5.0},
-            {"iteration": 3, "time/iteration": 12.0, "time/sampling": 6.0, "time/training": 5.0},
-            {"iteration": 4, "time/iteration": 11.0, "time/sampling": 5.0, "time/training": 5.0}]
-    med = R.phase_medians(recs)
-    assert med["total"] == 11.0 and med["sampling"] == 5.0 and med["training"] == 5.0
-    assert med["other"] == 1.0 and med["judging"] == 0.0
-    with pytest.raises(ValueError, match="iteration >= 2"):
-        R.phase_medians(recs[:1])
-
-
-def test_mean_spread_uses_sample_sd():
-    s = R.mean_spread([1.0, 2.0, 3.0])
-    assert s["mean"] == 2.0 and s["sd"] == pytest.approx(1.0) and (s["min"], s["max"], s["n"]) == (1.0, 3.0, 3)
-
-
-def test_failed_stage_keeps_previous_figures(tmp_path, monkeypatch):
-    out = tmp_path / "figs"
-    (out / "bandit").mkdir(parents=True)
-    (out / "bandit" / "old.png").write_text("previous figure")
-    fail = [sys.executable, "-c", "import sys; open(sys.argv[1] + '/half.png', 'w'); sys.exit(3)"]
-    monkeypatch.setattr(reproduce_all, "_commands", lambda stage, tmp, work, size: ([fail + [tmp]], []))
-    with pytest.raises(RuntimeError, match="stage 'bandit' failed"):
-        reproduce_all.run_stage("bandit", str(out), str(tmp_path / "work"), "tiny", log=lambda *_: None)
-    assert sorted(os.listdir(out / "bandit")) == ["old.png"]
-    assert (out / "bandit.failed.log").exists()
-    assert not [d for d in os.listdir(out) if d.startswith(".")]  # no temporary directory left behind
-
-    ok = [sys.executable, "-c", "import sys; open(sys.argv[1] + '/new.png', 'w').write('x')"]
-    monkeypatch.setattr(reproduce_all, "_commands", lambda stage, tmp, work, size: ([ok + [tmp]], []))
-    reproduce_all.run_stage("bandit", str(out), str(tmp_path / "work"), "tiny", log=lambda *_: None)
-    assert sorted(os.listdir(out / "bandit")) == ["log.txt", "new.png"]
-
-
-@pytest.mark.slow
-def test_tiny_table_counts_what_it_plans(tmp_path):
-    from benchmarks import llm_table
-    table = llm_table.run_table(str(tmp_path), "tiny", seeds=(0,), methods=("wind_sq", "sppo"),
-                                budgets=("queries",), wind_sweep=((0.05, 3.0),), sweep_method="wind_sq",
-                                log=lambda *_: None)
-    for m in ("wind_sq", "sppo"):
-        row = table["rows"][f"queries/{m}"]
-        samples, queries = R.per_prompt_cost(m)
-        assert row["queries_per_iter"]["mean"] == queries * row["prompts_per_iter"] <= 32
-        assert row["samples_per_iter"]["mean"] == samples * row["prompts_per_iter"]
-    swept = table["rows"]["queries/wind_sq b=0.05 e=3"]
-    assert swept["loop_overrides"] == {"beta": 0.05, "eta": 3.0}
-    assert swept["kl"]["mean"] != table["rows"]["queries/wind_sq"]["kl"]["mean"]  # beta reached the loss
-    assert os.path.exists(tmp_path / "tiny" / "table.png") and os.path.exists(tmp_path / "tiny" / "frontier.png")
-    with pytest.raises(ValueError, match="eta \\* beta"):
-        llm_table.run_table(str(tmp_path), "tiny", seeds=(0,), methods=(), budgets=(), wind_sweep=((0.5, 3.0),))
-
-
-# ------------------------------------------------------------------ benchmarks.llm_frontier (issue 13)
 def _line_frontier():
     # a frontier dict of the shape self_frontier returns: win = 0.5 + 0.1 * KL on [0, 3], SE 0.005
     kl = [0.0, 1.0, 2.0, 3.0]
@@ -94,7 +25,6 @@ def _records(traj, se=0.01):
 
 
 def test_frontier_gaps_interpolate_and_flag_points_above():
-    from benchmarks import llm_frontier as LF
     fr = _line_frontier()
     below = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 1.0, 0.55)]), fr)
     assert below["gap_upper"] == pytest.approx(0.05) and below["gap_lower"] == pytest.approx(0.04)
@@ -112,7 +42,6 @@ def test_frontier_gaps_interpolate_and_flag_points_above():
 
 
 def test_cost_to_reach_and_hyperparameter_choice():
-    from benchmarks import llm_frontier as LF
     fr = _line_frontier()
     slow = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 0.3, 0.52), (2, 128, 0.8, 0.57)]), fr)
     greedy = LF.point(_records([(0, 0, 0.0, 0.5), (1, 64, 1.5, 0.58), (2, 128, 2.5, 0.62)]), fr)
@@ -136,9 +65,7 @@ def test_cost_to_reach_and_hyperparameter_choice():
 
 
 def test_every_method_has_an_equal_sweep_and_exploitability_interpolates():
-    from benchmarks import llm_frontier as LF
-    from benchmarks.llm_results import METHODS
-    assert set(LF.SWEEPS) == set(METHODS) == set(LF.CENTER)   # every method of the loop is compared
+    assert set(LF.SWEEPS) == set(R.METHODS) == set(LF.CENTER)   # every method of the loop is compared
     assert {len(v) for v in LF.SWEEPS.values()} == {4}        # the same search budget per method
     for m in LF.SWEEPS:
         assert LF.middle(m)[0] == LF.CENTER[m]
@@ -151,7 +78,6 @@ def test_gold_matrix_matches_pairwise_gold_calls():
     import jax
     import numpy as np
 
-    from benchmarks import llm_frontier as LF
     from wind_jax.train.synthetic import SyntheticLanguage
     lang = SyntheticLanguage()
     x = np.asarray(lang.sample_prompts(jax.random.key(0), 3))
@@ -169,12 +95,7 @@ def test_gold_matrix_matches_pairwise_gold_calls():
 
 @pytest.mark.slow
 def test_quick_comparison_runs_end_to_end(tmp_path):
-    import dataclasses
-
-    from benchmarks import llm_frontier as LF
-    plan = dataclasses.replace(LF.Plan(), size="quick", seeds=(0,), heldout_seed=1, methods=("wind_sq", "dpo"),
-                               lrs=(1e-3, 3e-3), steps=(2, 4), nontransitive_sweep_seeds=(0,), ref_samples=16,
-                               ref_opponents=8, exploit_samples=8, nontransitive_seeds=(0,), tournament_samples=2)
+    _, plan = parse_plan(["--quick", "--methods=wind_sq,dpo"])
     res = LF.run_comparison(str(tmp_path), plan, log=lambda *_: None)
     fr = res["frontiers"]["0"]
     assert fr["upper"]["kl"][0] == 0.0 and abs(fr["upper"]["win_rate"][0] - 0.5) < 4 * fr["upper"]["win_rate_se"][0]
@@ -190,5 +111,29 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert all(res["timing"][m] > 0 for m in ("wind_sq", "dpo"))   # warm seconds of the one-process timing pass
     # WIND and DPO draw 2 samples and ask 1 query per prompt: their equal-samples runs are their equal-query runs
     assert res["sweep_samples"]["dpo"] == res["sweep"]["dpo"]
+    # the measured counts are the planned ones: T iterations x prompts for the query budget x queries per prompt
+    size = LF.SIZES["quick"]
+    for m, by_label in res["sweep"].items():
+        samples, queries = R.per_prompt_cost(m)
+        prompts = R.prompts_for_budget(m, "queries", size.base_prompts)
+        for p in by_label.values():
+            assert (p["0"]["queries"], p["0"]["samples"]) == (size.num_iterations * prompts * queries,
+                                                              size.num_iterations * prompts * samples)
+    assert len({p["0"]["kl"] for p in res["sweep"]["dpo"].values()}) == 4   # beta reached the loss
     for f in ("comparison.json", "comparison.md", "curves.png", "nontransitive.png"):
         assert os.path.exists(tmp_path / "quick" / f)
+
+
+def test_command_line_plans():
+    a, plan = parse_plan(["--quick", "--methods=dpo, sppo", "--out_dir=/tmp/x"])
+    assert plan.size == "quick" and plan.methods == ("dpo", "sppo") and plan.seeds == (0,) and a.out_dir == "/tmp/x"
+    _, full = parse_plan(["--seeds=3,4", "--stage=runs", "--reuse_only"])
+    assert full.size == "compare" and full.seeds == (3, 4) and full.stage == "runs" and full.reuse_only
+    with pytest.raises(SystemExit):
+        parse_plan(["--seeds="])
+    with pytest.raises(SystemExit):
+        parse_plan(["--stage=tables"])
+    with pytest.raises(SystemExit, match="recheck"):
+        main(["--recheck=dpo:0.001"])
+    with pytest.raises(ValueError, match="no sweep"):
+        LF.run_comparison("/nonexistent", LF.Plan(methods=("rlhf",)))
