@@ -1,4 +1,5 @@
 """wind_jax.train.checkpoint: round trip, keep-last-N, config refusal, other-mesh restore, atomicity."""
+import dataclasses
 import os
 import shutil
 
@@ -9,8 +10,8 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wind_jax.train.checkpoint import (CheckpointConfigError, Checkpointer, check_compatible,
-                                       flatten_config)
+from wind_jax.train.checkpoint import (RESUME_NEUTRAL_FIELDS, CheckpointConfigError, Checkpointer,
+                                       check_compatible, flatten_config)
 
 
 def _state(seed=0):
@@ -120,3 +121,45 @@ def test_bad_arguments(tmp_path):
         Checkpointer(tmp_path, max_to_keep=0)
     with Checkpointer(tmp_path) as ck, pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         ck.restore()
+
+
+# ------------------------------------------------------------------------ fields a resume may change
+def _run_config() -> dict:
+    """The run config the loop stores: {"loop": LoopConfig, "experiment": llm_alignment's get_config()}."""
+    from experiments.configs.llm_alignment import get_config
+    from wind_jax.train import LoopConfig
+
+    return flatten_config({"loop": dataclasses.asdict(LoopConfig()), "experiment": get_config().to_dict()})
+
+
+def _changed(v):
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, (int, float)):
+        return v * 2 + 1
+    if isinstance(v, str):
+        return v + "_changed"
+    return "changed"
+
+
+@pytest.mark.parametrize("field", sorted(RESUME_NEUTRAL_FIELDS))
+def test_each_resume_neutral_field_exists_and_may_change(field):
+    saved = _run_config()
+    keys = [k for k in saved if k == field or k.endswith("." + field)]
+    assert keys, f"RESUME_NEUTRAL_FIELDS names {field!r}, which is no field of the run config"
+    current = {**saved, **{k: _changed(saved[k]) for k in keys}}
+    check_compatible(saved, current)
+
+
+def test_loop_checkpoint_cadence_is_the_configs_field_name():
+    keys = _run_config()
+    assert "loop.checkpoint_every_steps" in keys and "experiment.loop.checkpoint_every_steps" in keys
+
+
+@pytest.mark.parametrize("key", ["loop.learning_rate", "experiment.loop.learning_rate", "loop.beta",
+                                 "loop.method", "experiment.model.hidden_size", "experiment.seed"])
+def test_a_field_that_changes_the_numbers_is_still_refused(key):
+    saved = _run_config()
+    assert key in saved
+    with pytest.raises(CheckpointConfigError, match=rf"field '{key}'"):
+        check_compatible(saved, {**saved, key: _changed(saved[key])})
