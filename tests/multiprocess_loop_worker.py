@@ -16,7 +16,7 @@ def make_loop(out_dir, mesh):
     from flax import nnx
 
     from wind_jax.models import LlamaConfig, Transformer
-    from wind_jax.train.loop import AlignmentLoop, FunctionPrompts, LoopConfig
+    from wind_jax.train import AlignmentLoop, FunctionPrompts, LoopConfig
     from wind_jax.train.oracle import GoldOracle
     from wind_jax.train.synthetic import EOS, PAD, SyntheticLanguage
 

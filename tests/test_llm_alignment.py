@@ -8,7 +8,7 @@ import pytest
 from experiments import llm_alignment
 from experiments.configs.llm_alignment import get_config
 from wind_jax.train import tasks
-from wind_jax.train.loop import METHODS
+from wind_jax.methods import METHODS
 
 
 def _small(out_dir, method, seed=0, iterations=1):

@@ -15,7 +15,7 @@ from flax import nnx
 
 from wind_jax.models import LlamaConfig, Transformer
 from wind_jax.train.checkpoint import CheckpointConfigError, Checkpointer
-from wind_jax.train.loop import AlignmentLoop, FunctionPrompts, LoopConfig
+from wind_jax.train import AlignmentLoop, FunctionPrompts, LoopConfig
 from wind_jax.train.metrics import deterministic_view, read_jsonl
 from wind_jax.train.oracle import GoldOracle
 from wind_jax.train.synthetic import EOS, PAD, SyntheticLanguage
@@ -324,16 +324,17 @@ def test_loop_on_a_mesh_equals_one_device(tmp_path, method, mesh_shape, one_devi
 
 @pytest.mark.slow  # a full (tiny) loop run with its own compiles
 def test_a_new_method_is_one_record(tmp_path, monkeypatch):
-    """IPO (loss already registered) added as one Method record runs through the loop."""
+    """IPO on a best-vs-worst tournament (an adaptive schedule: the oracle is asked round by round) added as
+    one Method record runs through the loop with its derived counts (4 samples, 3n/2 - 2 = 4 duels)."""
     from wind_jax import methods as M
-    rec = M.Method("ipo_online", "ipo", (("policy", 0),), {"chosen": "policy", "rejected": "policy"},
-                   M.round_robin, M.get_method("dpo").assemble, default_n=3)
-    monkeypatch.setitem(M.METHODS, "ipo_online", rec)
-    loop = _loop(str(tmp_path / "ipo"), "ipo_online", loss_hparams=(("tau", 0.5),))
+    rec = M.Method("ipo_best_worst", "ipo", (("policy", 0),), {"chosen": "policy", "rejected": "policy"},
+                   M.BEST_VS_WORST, M.get_method("dpo_best_worst").assemble, default_n=4)
+    monkeypatch.setitem(M.METHODS, "ipo_best_worst", rec)
+    loop = _loop(str(tmp_path / "ipo"), "ipo_best_worst", loss_hparams=(("tau", 0.5),))
     result = loop.run()
     loop.close()
     its = [r for r in result.history if r["kind"] == "iteration"]
-    assert (its[-1]["counts/samples"], its[-1]["counts/queries"]) == (3 * 8, 3 * 8)
+    assert (its[-1]["counts/samples"], its[-1]["counts/queries"]) == (4 * 8, 4 * 8)
     steps = [r for r in result.history if r["kind"] == "step"]
     assert len(steps) == 2 and all(np.isfinite(r["train/loss"]) for r in steps)
 

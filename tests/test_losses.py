@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 
 from wind_jax import losses as L
+from wind_jax import methods as M
 
 REQUIRED = ["wind_sq", "wind_sq_offset", "wind_kl", "wind_nce", "sppo", "sppo_hard", "jbond", "bonbon",
             "dpo", "ipo", "bon_distill"]
@@ -188,10 +189,11 @@ def _wind_kl_mc(x64_seed, target_kind, *, biased=False, n=40_000):
     ys = np.array([rng.choice(Y, size=n, p=pi_t[x]) for x in range(X)]).ravel()
     yps = np.array([rng.choice(Y, size=n, p=pi_t[x]) for x in range(X)]).ravel()
     p = P[xs, ys, yps]
-    if target_kind == "single_duel":
-        ell, ell_partner = L.single_duel_targets(jax.random.key(x64_seed), win_prob=p)
-    else:  # soft target P(y > y') from a preference model
-        ell, ell_partner = L.single_duel_targets(win_prob=p)
+    if target_kind == "single_duel":  # one Bernoulli duel outcome per pair
+        p = np.asarray(jax.random.bernoulli(jax.random.key(x64_seed), p), np.float64)
+    # else: the soft target P(y > y') from a preference model. WIND's rows of the duel (wind_jax.methods):
+    rows = M.get_method("wind_sq").assemble(M.Tournament(jnp.asarray(p)[:, None]), 2, {}).values["target"]
+    ell, ell_partner = rows[:, 0], rows[:, 1]
     np.testing.assert_allclose(np.asarray(ell) + np.asarray(ell_partner), 1.0)
     batch = {"prev_y": np.log(pi_t[xs, ys]), "ref_y": np.log(pi_ref[xs, ys]),
              "prev_y_prime": np.log(pi_t[xs, yps]), "ref_y_prime": np.log(pi_ref[xs, yps]),
@@ -259,13 +261,17 @@ def test_sppo_beta0_is_hedge_up_to_logz_approximation(x64):
     np.testing.assert_allclose(_softmax(np.log(pi_t) + eta * (w - 0.5)), np.exp(log_hedge), atol=1e-12)
 
 
-def test_sppo_win_rates_bradley_terry_with_diagonal():
-    s = np.array([[0.3, -1.2, 2.0, 0.0, 0.7]])
-    P, w = L.sppo_win_rates(s)
-    ref = 1.0 / (1.0 + np.exp(-(s[0][:, None] - s[0][None, :])))
-    np.testing.assert_allclose(np.asarray(P[0]), ref, rtol=1e-6)
+def _bt_pref(s):
+    """Bradley-Terry answers sigmoid(s_i - s_j) of the round-robin pairs of scores s [K]."""
+    return jnp.asarray([[1.0 / (1.0 + np.exp(-(s[i] - s[j]))) for i, j in M.round_robin(len(s))]], jnp.float32)
+
+
+def test_round_robin_win_rates_bradley_terry_with_diagonal():
+    """SPPO's estimator (wind_jax.methods.win_rates): w_i = mean_j P[i, j] with P[i, i] = 1/2 included."""
+    s = np.array([0.3, -1.2, 2.0, 0.0, 0.7])
+    w = M.win_rates(_bt_pref(s), 5)
+    ref = 1.0 / (1.0 + np.exp(-(s[:, None] - s[None, :])))
     np.testing.assert_allclose(np.asarray(w[0]), ref.mean(1), rtol=1e-6)
-    np.testing.assert_allclose(np.diag(np.asarray(P[0])), 0.5)
     assert abs(float(w.mean()) - 0.5) < 1e-6
 
 
@@ -415,23 +421,13 @@ def test_wind_kl_swap_symmetry_and_offset_invariance(v, t, eta, beta):
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.floats(-20.0, 20.0), min_size=5, max_size=5), st.floats(-100.0, 100.0))
-def test_sppo_win_rates_properties(scores, shift):
-    s = np.array(scores, np.float32)
-    P, w = L.sppo_win_rates(s)
-    P2, w2 = L.sppo_win_rates(s + np.float32(shift))
-    np.testing.assert_allclose(np.asarray(P + P.T), 1.0, atol=1e-6)
+def test_round_robin_win_rates_properties(scores, shift):
+    s = np.array(scores, np.float64)
+    W = np.asarray(M.win_matrix(_bt_pref(s), 5))[0]
+    np.testing.assert_allclose(W + W.T, 1.0, atol=1e-6)
+    w, w2 = M.win_rates(_bt_pref(s), 5), M.win_rates(_bt_pref(s + shift), 5)
     assert abs(float(w.mean()) - 0.5) < 1e-5
     np.testing.assert_allclose(np.asarray(w), np.asarray(w2), atol=1e-4)
-
-
-def test_single_duel_targets_outcomes_and_sampling():
-    ell, partner = L.single_duel_targets(outcome=np.array([True, False, True]))
-    np.testing.assert_array_equal(np.asarray(ell), [1.0, 0.0, 1.0])
-    np.testing.assert_array_equal(np.asarray(partner), [0.0, 1.0, 0.0])
-    p = np.full(20_000, 0.3)
-    ell, _ = L.single_duel_targets(jax.random.key(0), win_prob=p)
-    assert set(np.unique(np.asarray(ell))) <= {0.0, 1.0}
-    assert abs(float(ell.mean()) - 0.3) < 5 * math.sqrt(0.3 * 0.7 / p.size)
 
 
 # -------------------------------------------------------------------------------------------- errors
@@ -458,8 +454,6 @@ def test_bad_shapes_and_keys():
         L.compute_loss("wind_sq", {}, batch)
     with pytest.raises(ValueError, match=r"batch is missing key\(s\) \['prev_y'\]"):
         L.compute_loss("wind_sq", logps, {k: v for k, v in batch.items() if k != "prev_y"})
-    with pytest.raises(ValueError, match="shape"):
-        L.sppo_win_rates(np.float32(1.0))
 
 
 def test_nan_and_out_of_range_targets():

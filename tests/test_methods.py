@@ -20,7 +20,7 @@ def test_counts_per_prompt():
     expected = {"wind_sq": (2, 1), "wind_sq_offset": (2, 1), "wind_kl": (2, 1), "wind_nce": (2, 1),
                 "sppo": (5, 10), "sppo_beta": (5, 10), "jbond": (3, 3), "bonbon": (8, 28), "dpo": (2, 1),
                 "bon_distill": (4, 6), "bon_knockout": (4, 3), "bonbon_best_worst": (8, 10),
-                "dpo_best_worst": (4, 4)}
+                "dpo_best_worst": (4, 4), "sppo_hard": (5, 10), "bonbon_sigmoid": (8, 28), "ipo": (2, 1)}
     assert set(expected) == set(M.METHODS)
     for name, (samples, queries) in expected.items():
         m = M.get_method(name)

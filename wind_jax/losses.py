@@ -36,8 +36,6 @@ __all__ = [
     "get_loss",
     "compute_loss",
     "check_hparams",
-    "single_duel_targets",
-    "sppo_win_rates",
     "bonbon_margin",
     "bonbon_temperature",
     "wind_residual",
@@ -96,48 +94,6 @@ def bonbon_margin(n: int) -> float:
 def bonbon_temperature(n: int) -> float:
     """1 / (2 (n-1) H_{n-1}): the DPO-sigmoid temperature of BoNBoN's released code (0.0275 for n = 8)."""
     return 1.0 / (2.0 * bonbon_margin(n))
-
-
-def sppo_win_rates(scores: Array) -> tuple[Array, Array]:
-    """SPPO's Bradley-Terry win-rate estimates from K scores per prompt (MATH.md, Baselines: SPPO).
-
-    scores [..., K] -> (P [..., K, K] with P[i, j] = sigmoid(s_i - s_j), w [..., K] = mean_j P[i, j]).
-    The mean includes the diagonal j = i (P = 1/2 there), as in SPPO's released code, so
-    w_i = 1/2 * (1/K) + (1/K) * sum_{j != i} P[i, j] and mean_i w_i = 1/2.
-    """
-    s = _f(scores)
-    if s.ndim < 1 or s.shape[-1] < 1:
-        raise ValueError(f"sppo_win_rates: scores must have shape [..., K] with K >= 1, got {s.shape}")
-    if not isinstance(s, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(s))):
-        raise ValueError("sppo_win_rates: scores contain NaN or inf")
-    p = jax.nn.sigmoid(s[..., :, None] - s[..., None, :])
-    return p, jnp.mean(p, axis=-1)
-
-
-def single_duel_targets(
-    key: Array | None = None, *, win_prob: Array | None = None, outcome: Array | None = None
-) -> tuple[Array, Array]:
-    """Targets of one duel (y vs y'): (ell for y, 1 - ell for the partner y')   (MATH.md, Alg. 3).
-
-    * ``key`` and ``win_prob`` = P(y beats y'): ell ~ Bernoulli(win_prob) (one preference query).
-    * ``win_prob`` without ``key``: the soft target ell = P(y beats y') (a preference model's output).
-    * ``outcome`` (bool or {0, 1}, 1 when y won): ell = outcome.
-    E[ell | x, y] = w_{pi_t}(y) when y' ~ pi_t, which is all the WIND losses need.
-    """
-    if (win_prob is None) == (outcome is None):
-        raise ValueError("single_duel_targets: pass exactly one of win_prob= or outcome=")
-    if outcome is not None:
-        if key is not None:
-            raise ValueError("single_duel_targets: key is only used with win_prob=")
-        ell = _f(outcome)  # booleans become 0./1.
-        if not isinstance(ell, jax.core.Tracer) and not bool(jnp.all((ell == 0) | (ell == 1))):
-            raise ValueError("single_duel_targets: outcome must hold only 0/1 (or booleans)")
-    else:
-        p = _f(win_prob)
-        if not isinstance(p, jax.core.Tracer) and not bool(jnp.all((p >= 0) & (p <= 1))):
-            raise ValueError("single_duel_targets: win_prob must lie in [0, 1] (and not be NaN)")
-        ell = p if key is None else jax.random.bernoulli(key, p).astype(p.dtype)
-    return ell, 1.0 - ell
 
 
 def _pair_metrics(chosen_logp, rejected_logp, chosen_reward, rejected_reward) -> Metrics:
@@ -269,7 +225,7 @@ def _sppo_core(logps, batch, hp, w_chosen, w_rejected):
 def _sppo(logps, batch, hp):
     """sppo: 1/2 [(a - eta (w_w - 1/2))^2 + (b - eta (w_l - 1/2))^2]   (MATH.md Baselines: SPPO).
 
-    a, b = h(chosen), h(rejected) (the best and worst of K samples); w from :func:`sppo_win_rates`.
+    a, b = h(chosen), h(rejected) (the best and worst of K samples); w the round-robin win rates (wind_jax.methods.win_rates).
     Official SPPO is beta = 0 (log-ratio vs the previous iterate only) and eta = 1/beta_SPPO = 1e3;
     beta > 0 adds the WIND-style pull toward pi_ref (same h as wind_sq).
     """

@@ -76,17 +76,9 @@ class Method:
         if self.offset_mode not in OFFSET_MODES:
             raise ValueError(f"method {self.name!r}: offset_mode must be one of {OFFSET_MODES}, got {self.offset_mode!r}")
 
-    @property
-    def loss(self) -> str:
-        return self.record.loss
-
-    @property
-    def samples_per_prompt(self) -> int:
-        return self.record.total_samples(self.n)
-
-    @property
-    def queries_per_prompt(self) -> int:
-        return self.record.queries(self.n)
+    loss = property(lambda self: self.record.loss)
+    samples_per_prompt = property(lambda self: self.record.total_samples(self.n), doc="derived from the record")
+    queries_per_prompt = property(lambda self: self.record.queries(self.n), doc="derived from the record")
 
 
 class Draw(NamedTuple):

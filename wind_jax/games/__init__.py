@@ -24,7 +24,6 @@ from wind_jax.games.metrics import (
 from wind_jax.games.preferences import (
     bradley_terry_preference,
     dirichlet_policy,
-    log_win_rate,
     nontransitive_preference,
     reward_preference,
     reward_to_preference,
@@ -53,7 +52,6 @@ __all__ = [
     "iterative_bon",
     "iterative_bon_reward",
     "kl",
-    "log_win_rate",
     "log_win_rate_equilibrium",
     "md_to_mmd_step",
     "mixing_to_beta",

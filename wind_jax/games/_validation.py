@@ -85,6 +85,16 @@ def check_same_shape(names: tuple[str, ...], *xs) -> None:
         raise ValueError(f"shapes disagree: {desc}.")
 
 
+def check_policy_pair(a_name: str, a, b_name: str, b, P=None) -> None:
+    """Two policies of the same shape (and, with P, a game they are policies of)."""
+    check_policy(a_name, a)
+    check_policy(b_name, b)
+    check_same_shape((a_name, b_name), a, b)
+    if P is not None:
+        check_preference("P", P)
+        check_policy_preference(a_name, a, "P", P)
+
+
 def check_policy_preference(pi_name: str, pi, P_name: str, P) -> None:
     ps, Ps = tuple(np.shape(pi)), tuple(np.shape(P))
     if len(ps) == 2 and len(Ps) == 3 and Ps != (ps[0], ps[1], ps[1]):

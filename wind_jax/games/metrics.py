@@ -19,9 +19,7 @@ def _kl(p, q):
 def kl(p, q) -> jax.Array:
     """KL(p || q) per context, sum_y p (log p - log q) with 0 log 0 = 0 (inf if p leaves q's support)."""
     p, q = v.as_arrays(p, q)
-    v.check_policy("p", p)
-    v.check_policy("q", q)
-    v.check_same_shape(("p", "q"), p, q)
+    v.check_policy_pair("p", p, "q", q)
     return _kl(p, q)
 
 
@@ -51,11 +49,7 @@ def regularized_gap(pi, pi_ref, P, beta) -> jax.Array:
     (using sum_y pi w_pi = 1/2); zero iff pi = pi*_beta.
     """
     pi, pi_ref, P = v.as_arrays(pi, pi_ref, P)
-    v.check_policy("pi", pi)
-    v.check_policy("pi_ref", pi_ref)
-    v.check_same_shape(("pi", "pi_ref"), pi, pi_ref)
-    v.check_preference("P", P)
-    v.check_policy_preference("pi", pi, "P", P)
+    v.check_policy_pair("pi", pi, "pi_ref", pi_ref, P)
     v.check_scalar("beta", beta, low=0.0)
     return _regularized_gap(pi, pi_ref, P, beta)
 
@@ -68,11 +62,7 @@ def _policy_win_rate(pi, pi_prime, P):
 def policy_win_rate(pi, pi_prime, P) -> jax.Array:
     """P(pi > pi') = E_x sum_{y,y'} pi[x,y] P[x,y,y'] pi'[x,y'] (uniform over contexts). Scalar."""
     pi, pi_prime, P = v.as_arrays(pi, pi_prime, P)
-    v.check_policy("pi", pi)
-    v.check_policy("pi_prime", pi_prime)
-    v.check_same_shape(("pi", "pi_prime"), pi, pi_prime)
-    v.check_preference("P", P)
-    v.check_policy_preference("pi", pi, "P", P)
+    v.check_policy_pair("pi", pi, "pi_prime", pi_prime, P)
     return _policy_win_rate(pi, pi_prime, P)
 
 
@@ -97,8 +87,6 @@ def starved_mass(pi, pi_star, threshold: float = 1e-3) -> jax.Array:
     """pi_star's mass on responses to which pi gives probability < `threshold`, per context (MATH.md, "What a
     learned per-prompt offset does not pin down"): the part of the target a policy has all but excluded."""
     pi, pi_star = v.as_arrays(pi, pi_star)
-    v.check_policy("pi", pi)
-    v.check_policy("pi_star", pi_star)
-    v.check_same_shape(("pi", "pi_star"), pi, pi_star)
+    v.check_policy_pair("pi", pi, "pi_star", pi_star)
     v.check_scalar("threshold", threshold, low=0.0, high=1.0)
     return _starved_mass(pi, pi_star, threshold)

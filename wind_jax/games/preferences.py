@@ -28,15 +28,9 @@ def win_rate(P, pi) -> jax.Array:
 
 @jax.jit
 def _log_win_rate(P, pi):
+    """log w_pi with w floored at the dtype's smallest normal number (finite even if y loses to all of pi)."""
     w = _win_rate(P, pi)
     return jnp.log(jnp.maximum(w, _ops.floor_for(w.dtype)))
-
-
-def log_win_rate(P, pi) -> jax.Array:
-    """log w_pi with w floored at the dtype's smallest normal number (finite even if y loses to all of pi)."""
-    P, pi = v.as_arrays(P, pi)
-    v.check_game("pi", pi, P)
-    return _log_win_rate(P, pi)
 
 
 @jax.jit
