@@ -139,6 +139,10 @@ def test_verifier_oracle_probabilities_and_query_count():
     for (i, j), e in expected.items():
         np.testing.assert_array_equal(np.asarray(oracle.probability(prompt, resp[i], resp[j])), e)
     assert oracle.num_queries == len(expected) * len(probs)
+    text = tok.decode(tokens[0][mask[0]].tolist())  # the text-level check (a TRL judge's view)
+    assert v.correct_from_text(text, replies[0][0]) and not v.correct_from_text(text, replies[0][1])
+    with pytest.raises(ValueError, match="no question"):
+        v.correct_from_text("hello", "12")
     # the K x K matrix: one query per unordered pair, P + P^T = 1
     mat = np.asarray(pairwise_probabilities(oracle, prompt, resp))
     assert oracle.num_queries == (len(expected) + 3) * len(probs)

@@ -41,9 +41,10 @@ import numpy as np
 from wind_jax import monte_carlo_frontier
 from wind_jax.train.oracle import PreferenceOracle, Tokens
 
-__all__ = ["FAMILIES", "SPLITS", "Problem", "problems", "parse_answer", "is_correct", "chat_messages",
-           "encode_prompts", "find_problem", "VerifierOracle", "frontier_closed_form", "verifier_win_rates",
-           "frontier_estimate", "bernoulli_kl", "Rollout", "rollout", "wilson_interval", "bootstrap_interval"]
+__all__ = ["FAMILIES", "SPLITS", "Problem", "problems", "parse_answer", "is_correct", "correct_from_text",
+           "chat_messages", "encode_prompts", "find_problem", "VerifierOracle", "frontier_closed_form",
+           "verifier_win_rates", "frontier_estimate", "bernoulli_kl", "Rollout", "rollout", "wilson_interval",
+           "bootstrap_interval"]
 
 # family -> (question template with {} for each number, how many numbers, inclusive number range)
 _TEMPLATES = {
@@ -189,6 +190,15 @@ def parse_answer(family: str, text: str) -> str | None:
 
 def is_correct(problem: Problem, text: str) -> bool:
     return parse_answer(problem.family, text) == problem.answer
+
+
+def correct_from_text(prompt_text: str, reply: str) -> bool:
+    """c(reply) for a prompt given as text (e.g. a chat-templated string, as a TRL judge receives it): the
+    prompt's last question (`find_problem`) checked against the reply. A prompt with no question raises."""
+    problem = find_problem(prompt_text)
+    if problem is None:
+        raise ValueError(f"correct_from_text: no question of the verifiable task in {prompt_text[-120:]!r}")
+    return is_correct(problem, reply)
 
 
 # ------------------------------------------------------------------------------------------ the oracle
