@@ -73,6 +73,9 @@ def test_bad_arguments_name_the_flag():
     with pytest.raises(SystemExit, match="--programs: unknown"):
         tpu_aot.main(["--iteration", "--platform", "cpu", "--topology", "1", "--model", "tiny", "--judge", "tiny",
                       "--programs", "rollout,sampler"])
+    with pytest.raises(SystemExit, match="does not compile for 1 .*divisible by 128"):   # a reason, not a traceback
+        tpu_aot.main(["--platform", "cpu", "--topology", "1", "--model", "tiny", "--attention", "splash",
+                      "--batch", "2", "--length", "96", "--no-layer-costs"])
     with pytest.raises(SystemExit, match="wind_sq.*--samples 3"):
         programs.iteration_shape("wind_sq", 3, 8, 16, 8, "reward")
 

@@ -109,12 +109,17 @@ def plan_single(args):
             return lower_decode_step(cfg, on_mesh or mesh, args.batch, args.cache_length)
         return lower_train(args, cfg, on_mesh or mesh)
 
-    t0 = time.perf_counter()
-    lowered, size = lower(config)  # size: KV-cache bytes (decode) or tokens per step (training)
-    lower_s = time.perf_counter() - t0
-    t0, c0 = time.perf_counter(), time.process_time()
-    compiled = lowered.compile()
-    compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    try:  # a program that does not compile (out of HBM, a shape splash refuses) is a reason, not a traceback
+        t0 = time.perf_counter()
+        lowered, size = lower(config)  # size: KV-cache bytes (decode) or tokens per step (training)
+        lower_s = time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.process_time()
+        compiled = lowered.compile()
+        compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    except Exception as e:  # noqa: BLE001
+        what = "decode step" if args.decode else f"{args.method} step"
+        raise SystemExit(f"{args.model} {what} does not compile for {args.topology} (mesh {mesh_shape}): "
+                         f"{type(e).__name__}: {str(e)[:600]}") from None
     mem = costs.memory_of(compiled)
     total_gib = mem["argument_gib"] + mem["output_gib"] + mem["temp_gib"] + mem["code_gib"]
     cost, cost_source, ignored = costs.cost_of(compiled), "compiler", {}
