@@ -184,8 +184,35 @@ def test_closed_form_frontier_matches_tabular_solver():
     kl, win = v.frontier_closed_form((pi * c).sum(1), lams)
     np.testing.assert_allclose(kl, np.asarray(kl_ref), atol=2e-6)
     np.testing.assert_allclose(win, np.asarray(win_ref), atol=2e-6)
-    kl0, win0 = v.frontier_closed_form([0.0, 1.0], [5.0])  # nothing to move
-    assert kl0[0] == 0 and win0[0] == 0.5
+    kl0, win0 = v.frontier_closed_form([0.0, 1.0], np.linspace(0, 30, 3001))  # nothing to move
+    assert np.all(kl0 == 0) and np.all(win0 == 0.5)
+
+
+def test_best_of_n_by_verifier_is_on_the_frontier():
+    """Best-of-n closed form vs the exact tabular best-of-n with ties (wind_jax.games.best_of_n_reward, reward
+    = correctness): same KL, win rate and accuracy; on each prompt's frontier, below the prompt-averaged one."""
+    rng = np.random.default_rng(3)
+    X, Y = 4, 6
+    pi = rng.dirichlet(np.ones(Y), size=X)
+    c = (rng.random((X, Y)) < 0.5).astype(float)
+    c[:, 0], c[:, 1] = 1.0, 0.0
+    p = (pi * c).sum(1)
+    kl, win, acc = v.best_of_n_closed_form(p, [1, 2, 4, 8])
+    assert abs(kl[0]) < 1e-12 and win[0] == pytest.approx(0.5) and acc[0] == pytest.approx(p.mean())  # n = 1 is pi_ref
+    for k, n in enumerate([2, 4, 8], start=1):
+        bon = np.asarray(games.best_of_n_reward(pi, c, n), np.float64)
+        kl_ref = np.mean(np.sum(np.where(bon > 0, bon * np.log(bon / pi), 0.0), 1))
+        w_ref = 0.5 + 0.5 * (c - p[:, None])  # P(y > pi_ref)
+        assert kl[k] == pytest.approx(kl_ref, abs=1e-5)
+        assert win[k] == pytest.approx(np.mean(np.sum(bon * w_ref, 1)), abs=1e-6)
+        assert acc[k] == pytest.approx(np.mean(np.sum(bon * c, 1)), abs=1e-6)
+    grid = np.linspace(0, 30, 30001)
+    for x in range(X):  # on each prompt's own frontier ...
+        kx, wx, _ = v.best_of_n_closed_form(p[x:x + 1], [2, 4, 8])
+        fk, fw = v.frontier_closed_form(p[x:x + 1], grid)
+        np.testing.assert_allclose(np.interp(kx, fk, fw), wx, atol=1e-6)
+    fk, fw = v.frontier_closed_form(p, grid)  # ... and below the averaged one (one lambda for all prompts)
+    assert np.all(np.interp(kl[1:], fk, fw) - win[1:] > 1e-4)
 
 
 def _draws(p, m, rng):
@@ -207,18 +234,23 @@ def test_frontier_estimate_within_monte_carlo_error():
 
 def test_frontier_estimate_bias_shrinks_with_samples():
     """The O(1/M) bias (tilting and evaluating on the same samples puts the estimate ABOVE the frontier)
-    shrinks with M: averaged over 40 draws, 8 samples per prompt are clearly above, 64 about 8x less."""
+    shrinks with M: averaged over 40 draws, 8 samples per prompt are clearly above, 64 about 8x less; the
+    plug-in closed form at the sample accuracies lies below (the two bracket the frontier here)."""
     rng = np.random.default_rng(2)
     p = rng.uniform(0.1, 0.9, 64)
     fk, fw = v.frontier_closed_form(p, np.linspace(0, 40, 8001))
-    mean_gap = {}
+    mean_gap, plug_in_gap = {}, []
     for m in (8, 64):
         gaps = []
         for _ in range(40):
-            est = v.frontier_estimate(_draws(p, m, rng), [2.0, 4.0])
+            draws = _draws(p, m, rng)
+            est = v.frontier_estimate(draws, [2.0, 4.0])
             gaps.append(np.interp(est.kl, fk, fw) - est.win_rate)
+            if m == 8:  # the closed form at the sample accuracies errs the other way
+                pk, pw = v.frontier_closed_form(draws.mean(1), [2.0, 4.0])
+                plug_in_gap.append(np.interp(pk, fk, fw) - pw)
         mean_gap[m] = np.mean(gaps, 0)
-    assert np.all(mean_gap[8] < -0.004)
+    assert np.all(mean_gap[8] < -0.004) and np.all(np.mean(plug_in_gap, 0) > 0.004)
     assert np.all(np.abs(mean_gap[64]) < np.abs(mean_gap[8]) / 4)
 
 

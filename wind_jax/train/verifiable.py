@@ -43,7 +43,7 @@ from wind_jax.train.oracle import PreferenceOracle, Tokens
 
 __all__ = ["FAMILIES", "SPLITS", "Problem", "problems", "parse_answer", "is_correct", "correct_from_text",
            "chat_messages", "encode_prompts", "find_problem", "VerifierOracle", "frontier_closed_form",
-           "verifier_win_rates", "frontier_estimate", "bernoulli_kl", "Rollout", "rollout", "wilson_interval",
+           "verifier_win_rates", "frontier_estimate", "best_of_n_closed_form", "bernoulli_kl", "Rollout", "rollout", "wilson_interval",
            "bootstrap_interval"]
 
 # family -> (question template with {} for each number, how many numbers, inclusive number range)
@@ -287,10 +287,28 @@ def frontier_closed_form(accuracy, lambdas) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("accuracy must be a non-empty array of values in [0, 1]")
     if lam.size < 1 or np.any(~np.isfinite(lam)) or np.any(lam < 0):
         raise ValueError("lambdas must be a non-empty array of finite values >= 0")
-    # q = sigmoid(logit(p) + lambda / 2), written to stay finite for p in {0, 1}
-    odds = p[None] * np.exp(lam[:, None] / 2)
-    q = np.where(p[None] > 0, odds / (odds + 1 - p[None]), 0.0)
+    # q = sigmoid(logit(p) + lambda / 2); p in {0, 1} stays exactly where it is
+    inner = (p > 0) & (p < 1)
+    logit = np.log(np.where(inner, p, 0.5)) - np.log1p(-np.where(inner, p, 0.5))
+    q = np.where(inner[None], 1.0 / (1.0 + np.exp(-(logit[None] + lam[:, None] / 2))), p[None])
     return bernoulli_kl(q, p[None]).mean(-1), (0.5 + 0.5 * (q - p[None])).mean(-1)
+
+
+def best_of_n_closed_form(accuracy, ns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best-of-n of pi_ref selected by the verifier (ties broken at random), each [len(ns)]: (kl, win_rate,
+    accuracy) averaged over prompts. It picks a correct reply with probability q_n = 1 - (1 - p)^n, and given
+    correctness it is pi_ref restricted to that class: on each prompt the tilt with q = q_n, a point ON that
+    prompt's frontier, with KL = bernoulli_kl(q_n, p) (not log n - (n-1)/n, which holds for distinct rewards
+    only). Averaged over prompts of different p it lies (slightly) below the frontier, whose common lambda
+    spends the KL budget where it buys the most win rate."""
+    p = np.asarray(accuracy, np.float64).reshape(-1)
+    n = np.asarray(ns, np.float64).reshape(-1)
+    if p.size < 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError("accuracy must be a non-empty array of values in [0, 1]")
+    if n.size < 1 or np.any(n < 1) or np.any(n != np.round(n)):
+        raise ValueError(f"ns must be integers >= 1, got {ns!r}")
+    q = 1 - (1 - p[None]) ** n[:, None]
+    return bernoulli_kl(q, p[None]).mean(-1), (0.5 + 0.5 * (q - p[None])).mean(-1), q.mean(-1)
 
 
 def verifier_win_rates(correct) -> np.ndarray:
@@ -306,7 +324,12 @@ def verifier_win_rates(correct) -> np.ndarray:
 
 def frontier_estimate(correct, lambdas) -> monte_carlo_frontier.Frontier:
     """Monte Carlo frontier (wind_jax.monte_carlo_frontier.mc_frontier, with its standard errors) from pi_ref
-    samples judged by the verifier: correct [X, M] in {0, 1}, M samples per prompt."""
+    samples judged by the verifier: correct [X, M] in {0, 1}, M samples per prompt.
+
+    Its O(1/M) bias (not in the standard errors) puts it ABOVE the true frontier; the plug-in
+    `frontier_closed_form(correct.mean(1), lambdas)` errs BELOW (tests/train/test_verifiable.py measures
+    both); with M = 8 they differ by up to 0.03 in win rate, with M = 64 by a few thousandths. Compare
+    methods at matched KL (monte_carlo_frontier.gap_below_frontier), not at matched lambda."""
     return monte_carlo_frontier.mc_frontier(verifier_win_rates(correct), lambdas)
 
 
