@@ -28,7 +28,7 @@ from wind_jax.train.config import config_dict
 def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = task
-    # wind_sq | wind_sq_offset | wind_kl | wind_nce | sppo | sppo_beta | jbond | bonbon | dpo | bon_distill
+    # any name of wind_jax.methods.METHODS (wind_sq, sppo, dpo, bon_distill, ...)
     c.method = "wind_sq"
     c.seed = 0
     c.out_dir = ""         # "" = outputs/llm_alignment/<method>
