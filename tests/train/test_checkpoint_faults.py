@@ -232,3 +232,45 @@ def test_unwritable_directory_is_named_at_once(tmp_path):
     blocker.write_text("x")
     with pytest.raises(CheckpointWriteError, match=f"checkpoint directory {blocker}/ck is not writable"):
         Checkpointer(blocker / "ck")
+
+
+# ------------------------------------------------------------------------------------------- two processes
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["delete", "truncate", "none"])
+def test_two_processes_agree_on_the_newest_intact_checkpoint(tmp_path, damage):
+    """2 jax.distributed processes share one folder: process 0 writes the manifests (covering process 1's
+    files), decides that checkpoint 3 is corrupt and moves it aside; both restore checkpoint 2 onto the mesh."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    worker = os.path.join(ROOT, "tests", "train", "checkpoint_worker.py")
+    outs = [tmp_path / f"out{i}.json" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, worker, str(i), "2", str(port), str(tmp_path / "ck"), damage,
+                               str(outs[i])], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    results = [json.loads(o.read_text()) for o in outs]
+    want = 3 if damage == "none" else 2
+    for r in results:
+        assert r["step"] == r["n"] == want and r["equal"] and r["sharding_ok"], r
+        assert r["steps"] == [1, 2, 3][:want]
+    assert len(results[0]["moved"]) == (0 if damage == "none" else 1)
+    if damage != "none":
+        assert "checkpoint 3" in results[0]["moved"][0]
+        assert ("missing" if damage == "delete" else "truncated") in results[0]["moved"][0]
+        assert len(glob.glob(str(tmp_path / "ck" / "3.corrupt-*"))) == 1
+    files = json.loads((tmp_path / "ck" / "2" / manifest_lib.MANIFEST_NAME).read_text())["files"]
+    assert any("process_1" in f for f in files), sorted(files)

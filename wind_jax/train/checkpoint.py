@@ -215,7 +215,7 @@ def _any_process(flag: bool) -> bool:
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_processes(name)
+        multihost_utils.sync_global_devices(name)
 
 
 class _Manager(ocp.CheckpointManager):
