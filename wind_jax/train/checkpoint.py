@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -195,6 +196,24 @@ class _QuietWriteFailures(logging.Filter):
 
 
 _QUIET = _QuietWriteFailures()
+
+
+def _quiet_late_read_callbacks() -> None:
+    """After a failed read TensorStore may complete the item's other reads once Orbax's asyncio loop is closed;
+    their callbacks then print "RuntimeError: Event loop is closed" through sys.unraisablehook, a traceback
+    with no bearing on the run. Drop exactly those (logged at DEBUG level); everything else passes through."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_wind_jax_quiet", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            log.debug("dropped a late TensorStore callback after a failed checkpoint read: Event loop is closed")
+            return
+        previous(unraisable)
+
+    hook._wind_jax_quiet = True
+    sys.unraisablehook = hook
 
 
 def _broadcast_int(value: int) -> int:
@@ -396,6 +415,7 @@ class Checkpointer:
         """Run read(step) on `step` or, for None, on the newest intact checkpoint, moving aside (and, for None,
         falling back past) checkpoints whose files cannot be read."""
         explicit, moved_before = step is not None, len(self.moved_aside)
+        _quiet_late_read_callbacks()
         while True:
             step = self._resolve(step if explicit else None)
             error = None
