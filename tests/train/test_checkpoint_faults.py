@@ -279,12 +279,12 @@ def test_two_processes_agree_on_the_newest_intact_checkpoint(tmp_path, damage):
 def test_late_event_loop_closed_callbacks_are_dropped_others_pass(monkeypatch):
     from types import SimpleNamespace
 
-    from wind_jax.train import checkpoint
+    from wind_jax.train import storage_errors
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
-    checkpoint._quiet_late_read_callbacks()
-    checkpoint._quiet_late_read_callbacks()   # installed once
+    storage_errors.quiet_late_read_callbacks()
+    storage_errors.quiet_late_read_callbacks()   # installed once
     late, other = RuntimeError("Event loop is closed"), RuntimeError("something else")
     for exc in (late, other):
         sys.unraisablehook(SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None, err_msg=None,

@@ -25,9 +25,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
-import re
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -37,6 +34,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from wind_jax.train import manifest as manifest_lib
+from wind_jax.train import storage_errors as errs
 
 log = logging.getLogger(__name__)
 
@@ -133,89 +131,6 @@ def abstract_like(tree, shardings=None):
 
 
 _TMP_MARK = ".orbax-checkpoint-tmp"
-_OS_ERROR_TEXT = re.compile(r"No space left on device|Permission denied|Read-only file system|Disk quota exceeded|"
-                            r"Input/output error|Too many open files|File too large")
-_READ_ERROR_TEXT = re.compile(r"NOT_FOUND|OUT_OF_RANGE|DATA_LOSS|Error reading|Error decoding|does not exist|"
-                              r"not found|Unterminated string|Expecting value")
-
-
-def _chain(e: BaseException | None):
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _first_line(e: BaseException, limit: int = 300) -> str:
-    """"ValueError: NOT_FOUND: Error reading ..." (first line, TensorStore's spec dump cut off)."""
-    lines = str(e).strip().split(" [tensorstore_spec=")[0].splitlines()
-    return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}"
-
-
-def _os_error_text(e: BaseException) -> str:
-    """The OS error behind a failed write ("[Errno 28] No space left on device"), else its first line."""
-    for c in _chain(e):
-        if isinstance(c, OSError) and not isinstance(c, CheckpointWriteError) and c.strerror:
-            return f"[Errno {c.errno}] {c.strerror}"
-    for c in _chain(e):
-        if m := _OS_ERROR_TEXT.search(str(c)):
-            return m.group(0)
-    return _first_line(e)
-
-
-def _is_read_error(e: BaseException) -> bool:
-    """A failure to read a checkpoint's files (missing, truncated, undecodable), as opposed to a restore
-    target that does not fit (which must not condemn the checkpoint)."""
-    for c in _chain(e):
-        if isinstance(c, (FileNotFoundError, json.JSONDecodeError)):
-            return True
-        if isinstance(c, (ValueError, RuntimeError, OSError)) and _READ_ERROR_TEXT.search(str(c)):
-            return True
-    return False
-
-
-_WRITE_FAILURE_TEXT = re.compile(_OS_ERROR_TEXT.pattern + r"|RESOURCE_EXHAUSTED|Failed writing|Error writing")
-
-
-class _QuietWriteFailures(logging.Filter):
-    """Drops Orbax's own error logs of a failed write (tracebacks from its save threads, hundreds of lines):
-    the Checkpointer reports that failure once, as a CheckpointWriteError holding the original error. Dropped
-    records go to this module's logger at DEBUG level."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in (record.pathname or ""):
-            return True
-        text = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            text += " " + " ".join(str(c) for c in _chain(record.exc_info[1]))
-        if not _WRITE_FAILURE_TEXT.search(text):
-            return True
-        log.debug("orbax (write failure, reported by CheckpointWriteError): %s", record.getMessage())
-        return False
-
-
-_QUIET = _QuietWriteFailures()
-
-
-def _quiet_late_read_callbacks() -> None:
-    """After a failed read TensorStore may complete the item's other reads once Orbax's asyncio loop is closed;
-    their callbacks then print "RuntimeError: Event loop is closed" through sys.unraisablehook, a traceback
-    with no bearing on the run. Drop exactly those (logged at DEBUG level); everything else passes through."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_wind_jax_quiet", False):
-        return
-
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-            log.debug("dropped a late TensorStore callback after a failed checkpoint read: Event loop is closed")
-            return
-        previous(unraisable)
-
-    hook._wind_jax_quiet = True
-    sys.unraisablehook = hook
-
-
 def _broadcast_int(value: int) -> int:
     """Process 0's value on every process (identity on one process)."""
     if jax.process_count() == 1:
@@ -267,8 +182,8 @@ class Checkpointer:
         self._last_saved: int | None = None
         self._closed = False
         self._check_writable()
-        if _QUIET not in logging.getLogger("absl").filters:
-            logging.getLogger("absl").addFilter(_QUIET)
+        if errs.QUIET_WRITE_FAILURES not in logging.getLogger("absl").filters:
+            logging.getLogger("absl").addFilter(errs.QUIET_WRITE_FAILURES)
         # Saves always go through Orbax's async path (sync = save + wait) so that the manifest is written by the
         # post-finalization callback, inside the temporary directory, before the commit. Directories are created
         # in save() itself: a failure there then raises at once instead of leaving Orbax's writer threads waiting.
@@ -289,7 +204,7 @@ class Checkpointer:
             probe.unlink()
         except OSError as e:
             raise CheckpointWriteError(f"checkpoint directory {self.directory} is not writable: "
-                                       f"{_os_error_text(e)}", e) from None
+                                       f"{errs.os_error_text(e)}", e) from None
 
     # ---- queries ------------------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -382,7 +297,7 @@ class Checkpointer:
                 except OSError:
                     pass
         raise CheckpointWriteError(f"cannot write checkpoint {step} to {self.directory}: "
-                                   f"{_os_error_text(error)}", error) from None
+                                   f"{errs.os_error_text(error)}", error) from None
 
     # ---- restore ------------------------------------------------------------------------------------
     def read_meta(self, step: int | None = None) -> dict:
@@ -415,7 +330,7 @@ class Checkpointer:
         """Run read(step) on `step` or, for None, on the newest intact checkpoint, moving aside (and, for None,
         falling back past) checkpoints whose files cannot be read."""
         explicit, moved_before = step is not None, len(self.moved_aside)
-        _quiet_late_read_callbacks()
+        errs.quiet_late_read_callbacks()
         while True:
             step = self._resolve(step if explicit else None)
             error = None
@@ -425,14 +340,14 @@ class Checkpointer:
                 raise
             except Exception as e:  # noqa: BLE001 -- classified below; anything else is re-raised
                 error = e
-            unreadable = _any_process(error is not None and _is_read_error(error))
+            unreadable = _any_process(error is not None and errs.is_read_error(error))
             if not unreadable:
                 if error is not None:
                     raise error
                 if len(self.moved_aside) > moved_before:
                     log.warning(f"restored checkpoint {step} of {self.directory}, the newest intact one")
                 return out
-            self._move_aside(step, [f"reading it failed: {_first_line(error) if error else 'on another process'}"])
+            self._move_aside(step, [f"reading it failed: {errs.first_line(error) if error else 'on another process'}"])
             if explicit:
                 raise CheckpointCorruptError(self.moved_aside[-1] + "; restore(None) uses the newest intact one")
 
