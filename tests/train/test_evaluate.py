@@ -1,4 +1,4 @@
-"""experiments.evaluate: the reference log-probs it uses for KL, and SmolLM2 evaluated against itself."""
+"""experiments.evaluate: the log-probs and KL it reports (tiny models, exact), and SmolLM2 against itself."""
 import json
 import os
 
@@ -10,20 +10,6 @@ from flax import nnx
 from experiments import evaluate
 from wind_jax.models import LlamaConfig, Transformer
 from wind_jax.sampling import sample
-
-
-def test_reference_logprobs_match_the_sampler():
-    """log pi of sampled replies from one forward (chunked, last chunk padded) equals the sampler's own."""
-    cfg = LlamaConfig(vocab_size=11, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-                      num_kv_heads=1, max_position_embeddings=32, tie_word_embeddings=False)
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    prompts = np.array([[0, 0, 4, 5], [6, 7, 8, 9], [0, 3, 3, 4]], np.int32)
-    out = sample(model, prompts, prompts > 0, jax.random.key(1), num_samples=3, max_new_tokens=6,
-                 eos_token_id=1, pad_token_id=0)
-    lp = evaluate.reference_logprobs(model, np.asarray(out.tokens), np.asarray(out.response_mask),
-                                     np.asarray(out.attention_mask), chunk=4)
-    assert lp.shape == (3, 3)
-    np.testing.assert_allclose(lp, np.asarray(out.logprobs), atol=1e-4)
 
 
 @pytest.mark.interop
@@ -68,8 +54,9 @@ def _exact_kl(policy, reference, prompt, eos):
 
 
 def test_kl_from_samples_matches_enumeration():
-    """E over the sampler's replies of log pi - reference_logprobs(pi_ref) = the exact KL (enumerated), within
-    4 standard errors, for two different tiny models and left-padded prompts of two lengths."""
+    """reference_logprobs of the sampler's replies reproduces the sampler's log pi under the policy, and
+    E[log pi - reference_logprobs(pi_ref)] is the exact KL (enumerated) within 4 standard errors, for two
+    different tiny models and left-padded prompts of two lengths."""
     cfg = LlamaConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                       num_kv_heads=1, max_position_embeddings=16, tie_word_embeddings=False)
     policy, reference = Transformer(cfg, rngs=nnx.Rngs(1)), Transformer(cfg, rngs=nnx.Rngs(2))
@@ -79,8 +66,11 @@ def test_kl_from_samples_matches_enumeration():
     tokens = np.array([[3, 4, 2], [0, 2, 2]], np.int32)
     out = sample(policy, tokens, tokens > 0, jax.random.key(0), num_samples=3000, max_new_tokens=2,
                  eos_token_id=1, pad_token_id=0)
-    lp_ref = evaluate.reference_logprobs(reference, np.asarray(out.tokens), np.asarray(out.response_mask),
-                                         np.asarray(out.attention_mask), chunk=1000)
+    rows = [np.asarray(x) for x in (out.tokens, out.response_mask, out.attention_mask)]
+    # chunks of 1024 rows: 6000 = 5 x 1024 + 880, so the last chunk is padded
+    lp_pol = evaluate.reference_logprobs(policy, *rows, chunk=1024)
+    np.testing.assert_allclose(lp_pol, np.asarray(out.logprobs), atol=1e-4)  # the sampler's own log pi
+    lp_ref = evaluate.reference_logprobs(reference, *rows, chunk=1024)
     d = np.asarray(out.logprobs) - lp_ref
     for i, prompt in enumerate(prompts):
         exact = _exact_kl(policy, reference, prompt, eos=1)
