@@ -75,7 +75,7 @@ def test_damaged_latest_is_named_moved_aside_and_previous_restored(tmp_path, cap
     assert len(moved) == 1 and "checkpoint 3" in moved[0] and name in moved[0]
     assert ("missing" if damage == "delete" else "truncated") in moved[0]
     text = caplog.text
-    assert "checkpoint 3" in text and name in text and "restored checkpoint 2" in text
+    assert "checkpoint 3" in text and name in text and "using checkpoint 2 of" in text
     aside = glob.glob(str(tmp_path / "3.corrupt-*"))
     assert len(aside) == 1 and os.path.exists(os.path.join(aside[0], manifest_lib.MANIFEST_NAME))
     with Checkpointer(tmp_path) as ck:   # the next run sees the intact ones only
@@ -114,7 +114,7 @@ def test_without_manifest_a_failed_read_falls_back(tmp_path, caplog):
     assert step == 1 and len(moved) == 2
     assert "checkpoint 3" in moved[0] and "reading it failed" in moved[0]
     assert "checkpoint 2" in moved[1] and "not found" in moved[1]
-    assert "restored checkpoint 1" in caplog.text
+    assert "using checkpoint 1 of" in caplog.text
 
 
 def test_no_intact_checkpoint_is_a_clear_error(tmp_path):

@@ -214,8 +214,11 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         """The newest intact checkpoint; newer corrupt ones are moved aside with a warning. None when the
         directory holds no checkpoint at all; CheckpointCorruptError when it holds only corrupt ones."""
+        moved_before = len(self.moved_aside)
         for step in reversed(self.all_steps()):
             if self._check_intact(step):
+                if len(self.moved_aside) > moved_before:
+                    log.warning(f"using checkpoint {step} of {self.directory}, the newest intact one")
                 return step
         corrupt = sorted(p.name for p in self.directory.glob("*.corrupt-*")) if self.directory.exists() else []
         if corrupt:
@@ -329,7 +332,7 @@ class Checkpointer:
     def _read(self, step: int | None, read):
         """Run read(step) on `step` or, for None, on the newest intact checkpoint, moving aside (and, for None,
         falling back past) checkpoints whose files cannot be read."""
-        explicit, moved_before = step is not None, len(self.moved_aside)
+        explicit, fell_back = step is not None, False
         errs.quiet_late_read_callbacks()
         while True:
             step = self._resolve(step if explicit else None)
@@ -344,9 +347,10 @@ class Checkpointer:
             if not unreadable:
                 if error is not None:
                     raise error
-                if len(self.moved_aside) > moved_before:
-                    log.warning(f"restored checkpoint {step} of {self.directory}, the newest intact one")
+                if fell_back:
+                    log.warning(f"using checkpoint {step} of {self.directory}, the newest readable one")
                 return out
+            fell_back = True
             self._move_aside(step, [f"reading it failed: {errs.first_line(error) if error else 'on another process'}"])
             if explicit:
                 raise CheckpointCorruptError(self.moved_aside[-1] + "; restore(None) uses the newest intact one")
