@@ -192,13 +192,16 @@ def test_judge_and_reward_model_on_a_mesh_match_one_device():
     model, template = _judge()
     x, a, ma, b, mb = _samples(LANG, 8, 12)   # 12 rows: padded to the 4 batch shards' multiple inside
     X, A, B = Tokens(x, x > 0), Tokens(a, ma), Tokens(b, mb)
-    sharded = JudgeOracle(model, template, batch_size=5, mesh=mesh)   # chunks of 5, 5, 2
+    sharded = JudgeOracle(model, template, batch_size=6, mesh=mesh)   # chunks of 6, each padded to 8 rows
     state = sharded._on_mesh.state
     total = sum(x.nbytes for x in jax.tree.leaves(state))
     per_device = [_device_bytes(state, d) for d in mesh.devices.flat]
     assert max(per_device) <= total / 4, (max(per_device), total)
+    second = sharded.with_new_counter()   # e.g. the evaluation judge: the same placed parameters, own count
+    assert second._on_mesh is sharded._on_mesh and second.num_queries == 0
     want = np.asarray(JudgeOracle(model, template).probability(X, A, B))
     np.testing.assert_allclose(np.asarray(sharded.probability(X, A, B)), want, atol=1e-5)
+    assert (sharded.num_queries, second.num_queries) == (12, 0)
     assert np.ptp(want) > 1e-4
 
     head = RewardHead(model.config, rngs=nnx.Rngs(3))

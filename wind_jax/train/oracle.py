@@ -18,6 +18,7 @@ FROZEN_AXIS_RULES) and its forward is jitted with shardings; each process judges
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -77,6 +78,13 @@ class PreferenceOracle:
 
     def __call__(self, prompt, a, b, key=None):
         return self.prefer(prompt, a, b, key)
+
+    def with_new_counter(self) -> "PreferenceOracle":
+        """The same oracle (the same placed model and compiled forward) with its own query count from 0, e.g.
+        the evaluation oracle beside the training one, so a judge on the mesh is held once."""
+        other = copy.copy(self)
+        other.num_queries = 0
+        return other
 
     # checkpointing of the query counter
     def state_dict(self) -> dict:
