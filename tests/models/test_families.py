@@ -275,3 +275,205 @@ def test_gemma3_gradients_match_transformers(tmp_path):
     assert set(got) == set(want)
     for name, g in got.items():
         np.testing.assert_allclose(g, want[name], atol=1e-4, rtol=0, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------------ GGUF
+_GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+              "gemma3_text": "gemma3"}
+# HF module -> llama.cpp tensor stem, written out here independently of wind_jax.models.convert.
+_TO_GGUF = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+            "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
+            "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "self_attn.q_norm": "attn_q_norm",
+            "self_attn.k_norm": "attn_k_norm"}
+_TO_GGUF_LLAMA = {"post_attention_layernorm": "ffn_norm"}
+_TO_GGUF_GEMMA = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+                  "post_feedforward_layernorm": "post_ffw_norm"}
+
+
+def _gguf_family_config(family):
+    """Row lengths of 256 so the K-quants (256-element super-blocks) apply to every projection."""
+    c = _family_configs()[family]
+    kw = dict(hidden_size=256, intermediate_size=256, num_heads=4, num_kv_heads=2, head_dim=64,
+              num_layers=6 if family == "gemma3_text" else 2)
+    if family == "gemma3_text":
+        kw.update(layer_types=("sliding_attention",) * 5 + ("full_attention",), rope_scaling=None)
+    if family == "gemma2":
+        kw.update(layer_types=("sliding_attention", "full_attention"), attn_logit_softcap=50.0,
+                  final_logit_softcap=30.0)
+    if family == "qwen2":
+        kw.update(sliding_window=None, layer_types=None)
+    if family.startswith("gemma"):
+        kw.update(query_pre_attn_scalar=64)  # llama.cpp's scale: 1/sqrt(head_dim)
+    return c.replace(**kw)
+
+
+def _random_blocks(qtype, rows, cols, rng):
+    """Random K-quant super-blocks with small fp16 scales (the gguf package cannot quantize K types)."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+    if qtype == gguf.GGMLQuantizationType.Q4_K:  # d, dmin = first two halfs
+        raw[..., 0:4] = np.array([0.0005, 0.0003], np.float16).view(np.uint8)
+    elif qtype == gguf.GGMLQuantizationType.Q6_K:  # int8 scales [192:208], d = the last half
+        raw[..., 192:208] = rng.integers(-8, 9, (rows, cols // block, 16)).astype(np.int8).view(np.uint8)
+        raw[..., 208:210] = np.array([0.002], np.float16).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def _write_family_gguf(path, config, tensors, rng):
+    """A GGUF file of `config` holding `tensors` (HF names/layout) in a cycle of quantization types;
+    returns the HF-named float32 tensors the file actually encodes (dequantized by the gguf package)."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    from wind_jax.models.convert import permute_rope_rows
+
+    arch = _GGUF_ARCH[config.model_type]
+    gemma = arch.startswith("gemma")
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(config.num_layers)
+    w.add_context_length(config.max_position_embeddings)
+    w.add_embedding_length(config.hidden_size)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(config.num_heads)
+    w.add_head_count_kv(config.num_kv_heads)
+    w.add_key_length(config.head_dim)
+    w.add_value_length(config.head_dim)
+    w.add_rope_freq_base(config.rope_theta)
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    w.add_vocab_size(config.vocab_size)
+    if config.sliding_window is not None:
+        w.add_sliding_window(config.sliding_window)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(config.attn_logit_softcap)
+        w.add_final_logit_softcapping(config.final_logit_softcap)
+    Q = gguf.GGMLQuantizationType
+    cycle = [Q.Q4_K, Q.Q6_K, Q.Q5_0, Q.Q8_0]
+    stems = {**_TO_GGUF, **(_TO_GGUF_GEMMA if gemma else _TO_GGUF_LLAMA)}
+    encoded, quantized = {}, []
+    for name, value in sorted(tensors.items()):
+        if name.startswith("model.layers."):
+            _, _, i, *mod, leaf = name.split(".")
+            gname = f"blk.{i}.{stems['.'.join(mod)]}.{leaf}"
+        else:
+            gname = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                     "lm_head.weight": "output.weight"}[name]
+        stored = np.asarray(value, np.float32)
+        if arch == "llama" and ("q_proj" in name or "k_proj" in name):
+            heads = config.num_heads if "q_proj" in name else config.num_kv_heads
+            stored = permute_rope_rows(stored, heads)
+        if gemma and name.endswith("norm.weight"):
+            stored = stored + np.float32(1.0)
+        if stored.ndim == 2 and stored.shape[1] % 256 == 0:
+            qtype = cycle[len(quantized) % len(cycle)]
+            quantized.append(name)
+            raw = (_random_blocks(qtype, *stored.shape, rng) if qtype in (Q.Q4_K, Q.Q6_K)
+                   else quantize(stored, qtype))
+            w.add_tensor(gname, raw, raw_dtype=qtype)
+            stored = np.asarray(dequantize(raw, qtype), np.float32).reshape(stored.shape)
+        else:
+            w.add_tensor(gname, np.ascontiguousarray(stored))
+        if arch == "llama" and ("q_proj" in name or "k_proj" in name):
+            heads = config.num_heads if "q_proj" in name else config.num_kv_heads
+            hd = stored.shape[0] // heads  # back to rotate_half rows
+            stored = stored.reshape(heads, hd // 2, 2, -1).swapaxes(1, 2).reshape(stored.shape)
+        if gemma and name.endswith("norm.weight"):
+            stored = stored - np.float32(1.0)
+        encoded[name] = stored
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return encoded
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["llama"])
+def test_gguf_import_every_family_and_quant_type(tmp_path, family):
+    from wind_jax.models import convert
+
+    config = (_gguf_family_config(family) if family != "llama" else
+              DecoderConfig.tiny(vocab_size=96, hidden_size=256, intermediate_size=256, head_dim=64,
+                                 initializer_range=0.2))
+    rng = np.random.default_rng(4)
+    tensors = {n: (0.1 * rng.standard_normal(s)).astype(np.float32)
+               for n, s in convert.expected_hf_shapes(config).items()}
+    encoded = _write_family_gguf(tmp_path / "m.gguf", config, tensors, rng)
+    d, read = convert.read_gguf(tmp_path / "m.gguf")
+    assert sorted(read) == sorted(encoded)
+    for name in encoded:
+        np.testing.assert_array_equal(read[name], encoded[name], err_msg=name)
+    gconfig, model = convert.import_gguf(tmp_path / "m.gguf")
+    want = config  # Mistral is written as arch llama with llama.attention.sliding_window
+    assert gconfig.replace(initializer_range=want.initializer_range, max_position_embeddings=
+                           want.max_position_embeddings) == want.replace(rms_norm_eps=gconfig.rms_norm_eps)
+    ref = convert.hf_to_params(config, encoded)
+    tokens = jnp.asarray(rng.integers(0, 96, (1, SEQ)), jnp.int32)
+    np.testing.assert_allclose(np.asarray(model(tokens)[0]), np.asarray(ref(tokens)[0]), atol=1e-5)
+    import gguf
+
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
+    assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0"} <= types
+
+
+def test_gguf_unsupported_architecture_names_the_file(tmp_path):
+    import gguf
+
+    from wind_jax.models import convert
+
+    w = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
+    w.add_block_count(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match=r"phi.gguf: general.architecture='phi3' is not supported"):
+        convert.import_gguf(tmp_path / "phi.gguf")
+
+
+@pytest.mark.interop
+def test_gemma3_multimodal_checkpoint_imports_its_text_decoder(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from wind_jax.models import import_hf
+
+    torch.manual_seed(2)
+    text = dict(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, sliding_window=4, max_position_embeddings=64,
+                sliding_window_pattern=3, query_pre_attn_scalar=16)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    hf = transformers.Gemma3ForConditionalGeneration(transformers.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4), ).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.15 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / "mm")
+    config, model = import_hf(tmp_path / "mm")
+    assert config.model_type == "gemma3_text" and config.layer_is_sliding == (True, True, False)
+    tokens = np.random.default_rng(3).integers(0, 90, (2, SEQ))
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor(tokens)).logits.numpy()
+    got = np.asarray(model(jnp.asarray(tokens, jnp.int32))[0])
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_sampler_greedy_past_the_window_matches_full_forward():
+    """The jitted sampler (prefill + while-loop decode over the masked full cache) continues greedily as
+    repeated cache-free forwards do, for a 5:1 local/global model generating well past its window."""
+    from wind_jax.sampling import sample
+
+    config = _family_configs()["gemma3_text"].replace(sliding_window=3, num_layers=2,
+                                                      layer_types=("sliding_attention", "full_attention"))
+    model = Transformer(config, rngs=nnx.Rngs(5))
+    prompts = np.array([[0, 0, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]], np.int32)
+    mask = prompts > 0
+    out = sample(model, jnp.asarray(prompts), jnp.asarray(mask), jax.random.key(0), max_new_tokens=10,
+                 greedy=True, eos_token_id=None)
+    got = np.asarray(out.tokens)[:, 0]
+    seq = np.concatenate([prompts, np.zeros((2, 10), np.int32)], 1)  # causal: later slots do not matter
+    m = np.concatenate([mask, np.ones((2, 10), bool)], 1)
+    forward = nnx.jit(lambda model, x: model(x, attention_mask=jnp.asarray(m))[0])
+    for n in range(6, 16):
+        seq[:, n] = np.asarray(forward(model, jnp.asarray(seq)))[:, n - 1].argmax(-1)
+    np.testing.assert_array_equal(got, seq)

@@ -9,7 +9,8 @@ stacked on the leading "layers" axis, see transformer.py).
   import_hf(directory) -> (config, model)         config.json + model.safetensors or sharded with index
   export_hf(model, config, directory, ...)        config.json + model.safetensors (+ tokenizer files),
                                                   written to a temporary directory and renamed into place
-  import_gguf(path) -> (config, model)            dequantized; Q/K rows un-permuted to rotate_half RoPE
+  import_gguf(path) -> (config, model)            llama, mistral, qwen2, qwen3, gemma2, gemma3; dequantized
+                                                  by the gguf package; llama Q/K rows un-permuted
   read_gguf(path) -> (hf_config_dict, hf_tensors) the GGUF file as HF config + HF-named float32 tensors
   write_generation_config(directory, tokenizer)   generation_config.json: eos = the end-of-turn ids
   import_reward_model(directory) -> (config, head) a LlamaForSequenceClassification (num_labels 1) as a
@@ -355,7 +356,10 @@ def export_hf(model: Transformer, config: LlamaConfig, directory: str | os.PathL
 
 
 # ----------------------------------------------------------------------------- GGUF
-_GGUF_LAYER_NAMES = {
+# GGUF general.architecture -> HF model_type of the decoder configuration it describes.
+GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+                      "gemma2": "gemma2", "gemma3": "gemma3_text"}
+_GGUF_LAYER_NAMES = {  # llama-style blocks (llama, mistral, qwen2, qwen3)
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
     "attn_q": "self_attn.q_proj",
@@ -365,20 +369,30 @@ _GGUF_LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+}
+_GGUF_GEMMA_LAYER_NAMES = {  # Gemma's four norms per block
+    **_GGUF_LAYER_NAMES,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
 }
 _GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
                       "output": "lm_head"}
 
 
-def gguf_to_hf_name(name: str) -> str:
-    """'blk.3.attn_q.weight' -> 'model.layers.3.self_attn.q_proj.weight' (ValueError for unknown)."""
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str:
+    """'blk.3.attn_q.weight' -> 'model.layers.3.self_attn.q_proj.weight' (ValueError for unknown);
+    arch selects Gemma's norm names (ffn_norm is Gemma's pre-feedforward norm)."""
+    layer_names = _GGUF_GEMMA_LAYER_NAMES if arch.startswith("gemma") else _GGUF_LAYER_NAMES
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", name)
-    if m and m.group(2) in _GGUF_LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_GGUF_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+    if m and m.group(2) in layer_names:
+        return f"model.layers.{m.group(1)}.{layer_names[m.group(2)]}.{m.group(3)}"
     m = re.fullmatch(r"(\w+)\.(weight|bias)", name)
     if m and m.group(1) in _GGUF_GLOBAL_NAMES:
         return f"{_GGUF_GLOBAL_NAMES[m.group(1)]}.{m.group(2)}"
-    raise ValueError(f"GGUF tensor {name!r} has no Llama counterpart")
+    raise ValueError(f"GGUF tensor {name!r} has no {arch} counterpart")
 
 
 def unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
@@ -386,6 +400,7 @@ def unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
 
     llama.cpp stores, per head, row (i, j) at 2*i + j for pair i < head_dim/2 and j in {0, 1}, where HF
     has it at j*head_dim/2 + i. Works on weights [heads*head_dim, in] and biases [heads*head_dim].
+    Only the "llama" architecture is stored this way (qwen2/3 and gemma use rotate_half RoPE as HF).
     """
     rows = w.shape[0]
     if rows % (2 * num_heads):
@@ -401,6 +416,7 @@ def permute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def _gguf_config(reader, path: str) -> dict:
+    """HF config dict of a GGUF file's `{arch}.*` metadata (see GGUF_ARCHITECTURES)."""
     def field(key, default=...):
         f = reader.fields.get(key)
         if f is None:
@@ -410,36 +426,61 @@ def _gguf_config(reader, path: str) -> dict:
         return f.contents()
 
     arch = field("general.architecture")
-    if arch != "llama":
-        raise ValueError(f"{path}: general.architecture={arch!r} is not supported (only 'llama')")
-    hidden = int(field("llama.embedding_length"))
-    heads = int(field("llama.attention.head_count"))
+    if arch not in GGUF_ARCHITECTURES:
+        raise ValueError(f"{path}: general.architecture={arch!r} is not supported "
+                         f"(supported: {sorted(GGUF_ARCHITECTURES)})")
+    model_type = GGUF_ARCHITECTURES[arch]
+    hidden = int(field(f"{arch}.embedding_length"))
+    heads = int(field(f"{arch}.attention.head_count"))
+    layers = int(field(f"{arch}.block_count"))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = field("llama.vocab_size", None)
+    vocab = field(f"{arch}.vocab_size", None)
     if vocab is None:
         if tokens is None:
-            raise ValueError(f"{path}: GGUF metadata has neither llama.vocab_size nor tokenizer.ggml.tokens")
+            raise ValueError(f"{path}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
         vocab = len(tokens.data)
+    head_dim = int(field(f"{arch}.attention.key_length", hidden // heads))
     d = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": model_type,
         "vocab_size": int(vocab),
         "hidden_size": hidden,
-        "intermediate_size": int(field("llama.feed_forward_length")),
-        "num_hidden_layers": int(field("llama.block_count")),
+        "intermediate_size": int(field(f"{arch}.feed_forward_length")),
+        "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": int(field("llama.attention.head_count_kv", heads)),
-        "head_dim": int(field("llama.attention.key_length", hidden // heads)),
-        "rope_theta": float(field("llama.rope.freq_base", 10000.0)),
-        "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        "max_position_embeddings": int(field("llama.context_length", 2048)),
-        "hidden_act": "silu",
+        "num_key_value_heads": int(field(f"{arch}.attention.head_count_kv", heads)),
+        "head_dim": head_dim,
+        "rope_theta": float(field(f"{arch}.rope.freq_base", 10000.0)),
+        "rms_norm_eps": float(field(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        "max_position_embeddings": int(field(f"{arch}.context_length", 2048)),
     }
-    scaling = field("llama.rope.scaling.type", "none")
+    window = field(f"{arch}.attention.sliding_window", None)
+    if model_type in ("llama", "mistral") and window is not None:  # llama.cpp writes Mistral as llama
+        d["model_type"] = "mistral"
+        d["sliding_window"] = int(window)
+    if model_type in ("gemma2", "gemma3_text"):
+        d["hidden_activation"] = "gelu_pytorch_tanh"
+        d["sliding_window"] = None if window is None else int(window)
+        # llama.cpp's attention scale: 1/sqrt(head_dim), except the 27B models' 1/sqrt(hidden / heads).
+        is_27b = (arch, layers) in (("gemma2", 46), ("gemma3", 62))
+        d["query_pre_attn_scalar"] = hidden // heads if is_27b else head_dim
+        pattern = field(f"{arch}.attention.sliding_window_pattern", None)
+        if isinstance(pattern, list):  # per layer: True = sliding-window layer
+            d["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+        elif pattern is not None:  # a period: every pattern-th layer is global
+            d["sliding_window_pattern"] = int(pattern)
+        if model_type == "gemma2":
+            d["attn_logit_softcapping"] = field("gemma2.attn_logit_softcapping", None)
+            d["final_logit_softcapping"] = field("gemma2.final_logit_softcapping", None)
+        else:
+            d["rope_local_base_freq"] = float(field("gemma3.rope.freq_base_swa", 10000.0))
+            d["final_logit_softcapping"] = field("gemma3.final_logit_softcapping", None)
+    else:
+        d["hidden_act"] = "silu"
+    scaling = field(f"{arch}.rope.scaling.type", "none")
     if scaling == "linear":
-        d["rope_scaling"] = {"rope_type": "linear", "factor": float(field("llama.rope.scaling.factor"))}
+        d["rope_scaling"] = {"rope_type": "linear", "factor": float(field(f"{arch}.rope.scaling.factor"))}
     elif scaling not in ("none", None):
-        raise ValueError(f"{path}: llama.rope.scaling.type={scaling!r} is not supported")
+        raise ValueError(f"{path}: {arch}.rope.scaling.type={scaling!r} is not supported")
     for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
         value = field(f"tokenizer.ggml.{key}", None)
         if value is not None:
@@ -461,31 +502,38 @@ def open_gguf(path: str | os.PathLike):
 
 
 def read_gguf(path: str | os.PathLike, *, reader=None) -> tuple[dict, dict[str, np.ndarray]]:
-    """(HF config dict, HF-named float32 tensors) of a llama-architecture GGUF file.
+    """(HF config dict, HF-named float32 tensors) of a GGUF file (architectures in GGUF_ARCHITECTURES).
 
-    Tensors are dequantized with gguf.quants.dequantize; Q and K rows are un-permuted back to HF's
-    rotate_half layout. A file without output.weight has tied embeddings. reader: an open GGUFReader.
+    Tensors are dequantized with gguf.quants.dequantize (every type the gguf package reads: F32, F16,
+    BF16, Q4_0 ... Q8_0, the K-quants, IQ types); "llama" Q and K rows are un-permuted back to HF's
+    rotate_half layout; Gemma norm scales lose the 1 llama.cpp adds. A file without output.weight has
+    tied embeddings. reader: an open GGUFReader.
     """
     from gguf.quants import dequantize
 
     path = os.fspath(path)
     reader = reader if reader is not None else open_gguf(path)
     d = _gguf_config(reader, path)
+    arch = reader.fields["general.architecture"].contents()
     if any(t.name == "rope_freqs.weight" for t in reader.tensors):
         raise ValueError(f"{path}: tensor rope_freqs.weight (Llama 3.1 RoPE scaling factors) is not supported")
     tensors = {}
     for t in reader.tensors:
-        name = gguf_to_hf_name(t.name)
+        name = gguf_to_hf_name(t.name, arch)
         shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims innermost first
         try:
             value = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
         except ValueError as e:
             raise ValueError(f"{path}: tensor {t.name} ({t.tensor_type.name}, shape {shape}) cannot be "
                              f"dequantized to its shape ({e})") from None
-        if name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+        if arch != "llama":
+            pass
+        elif name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
             value = unpermute_rope_rows(value, d["num_attention_heads"])
         elif name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
             value = unpermute_rope_rows(value, d["num_key_value_heads"])
+        if arch.startswith("gemma") and name.endswith("norm.weight"):
+            value = value - np.float32(1.0)  # llama.cpp stores Gemma's (1 + w) norm scales as 1 + w
         tensors[name] = value
     d["tie_word_embeddings"] = "lm_head.weight" not in tensors
     return d, tensors
@@ -493,7 +541,7 @@ def read_gguf(path: str | os.PathLike, *, reader=None) -> tuple[dict, dict[str, 
 
 def import_gguf(path: str | os.PathLike, *, reader=None, **config_overrides
                 ) -> tuple[LlamaConfig, Transformer]:
-    """(config, model) from a llama-architecture GGUF file (float32 parameters, dequantized)."""
+    """(config, model) from a GGUF file of a supported architecture (float32 parameters, dequantized)."""
     d, tensors = read_gguf(path, reader=reader)
     try:
         config = LlamaConfig.from_hf_dict(d, **config_overrides)

@@ -1,10 +1,12 @@
-"""Tokenizer for Llama-family checkpoints: byte-level BPE (GPT-2 style) built with the `tokenizers` library.
+"""Tokenizers of the decoder's checkpoints, built with the `tokenizers` library: byte-level BPE (GPT-2 style:
+SmolLM2, Qwen) and SentencePiece BPE with byte fallback (Gemma).
 
-Sources: a GGUF file's `tokenizer.ggml.*` metadata (`Tokenizer.from_gguf`) or a Hugging Face directory with
-tokenizer.json (`Tokenizer.from_dir`). The ChatML chat template of SmolLM2-Instruct / Qwen-style models is
-implemented in Python (`apply_chat_template`, Hugging Face's signature: tokenize=, add_generation_prompt=);
-`save_pretrained` writes files transformers reads (tokenizer.json, tokenizer_config.json with the jinja
-chat template and special tokens), world-readable.
+Sources: a GGUF file's `tokenizer.ggml.*` metadata (`Tokenizer.from_gguf`: model "gpt2" or "llama") or a
+Hugging Face directory with tokenizer.json (`Tokenizer.from_dir`). Two chat formats are implemented in
+Python (`apply_chat_template`, Hugging Face's signature: tokenize=, add_generation_prompt=): ChatML
+(SmolLM2-Instruct, Qwen) and Gemma's <start_of_turn>role ... <end_of_turn> turns (chosen by the
+vocabulary); `save_pretrained` writes files transformers reads (tokenizer.json, tokenizer_config.json with
+the jinja chat template and special tokens), world-readable.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 CHATML_ROLES = ("system", "user", "assistant")
 # The jinja form of the template below; written to tokenizer_config.json so transformers applies the same.
@@ -28,6 +30,20 @@ _CHATML_JINJA = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 _DEFAULT_SYSTEM_RE = re.compile(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", re.S)
+CHAT_FORMATS = ("chatml", "gemma")
+# Gemma turns: bos, then '<start_of_turn>{user|model}\n{content}<end_of_turn>\n'; a system message is
+# folded into the first user turn ('{system}\n\n{user}'), as Gemma 3's own template does.
+_GEMMA_JINJA = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\\n\\n' %}"
+    "{% else %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\\n' + ns.system"
+    " + (message['content'] | trim) + '<end_of_turn>\\n' }}{% set ns.system = '' %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -50,17 +66,45 @@ def _pre_tokenizer(pre: str, path: str):
     raise ValueError(f"{path}: tokenizer.ggml.pre={pre!r} is not supported (supported: smollm, gpt2)")
 
 
+def _spm_bpe_backend(tokens: Sequence[str], types, path: str) -> tokenizers.Tokenizer:
+    """SentencePiece-BPE with byte fallback from a GGUF vocabulary alone (Gemma files carry no merges).
+
+    Spaces become U+2581; a word is merged bottom-up where the pair (a, b) ranks by the file position of
+    the piece a + b (earlier = merged first; Gemma's scores do not follow its merge order, its token order
+    does), then the longer left piece. Pieces written with literal spaces are respelled with U+2581.
+    """
+    space = "\u2581"
+    spelled = [space * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(spelled):
+        vocab[tok] = i
+    ranked = []
+    for tok, rank in vocab.items():
+        splits = [(tok[:k], tok[k:]) for k in range(1, len(tok)) if tok[:k] in vocab and tok[k:] in vocab]
+        splits.sort(key=lambda ab: (vocab[ab[0]], vocab[ab[1]]))
+        ranked.extend((rank, -len(a), -len(b), n, a, b) for n, (a, b) in enumerate(splits))
+    ranked.sort(key=lambda r: r[:4])
+    unk = "<unk>" if "<unk>" in vocab else None
+    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[(r[4], r[5]) for r in ranked], unk_token=unk,
+                                              fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", space)
+    backend.decoder = decoders.Sequence([decoders.Replace(space, " "), decoders.ByteFallback(), decoders.Fuse()])
+    return backend
+
+
 class Tokenizer:
-    """Byte-level BPE tokenizer with special-token ids and a ChatML chat template.
+    """Byte-level BPE or SentencePiece-BPE tokenizer with special-token ids and a chat template.
 
     bos_id / eos_id / pad_id: ints or None. stop_ids: ids that end a generated reply (eos and
     <|im_end|>/<|endoftext|> when present). default_system: system prompt inserted by
     `apply_chat_template` when the conversation has none (SmolLM2-Instruct's template does this).
+    chat_format: "chatml" or "gemma" (default: "gemma" when the vocabulary has <start_of_turn> and no
+    <|im_start|>).
     """
 
     def __init__(self, backend: tokenizers.Tokenizer, *, bos_id: int | None = None,
                  eos_id: int | None = None, pad_id: int | None = None, add_bos: bool = False,
-                 default_system: str | None = None):
+                 default_system: str | None = None, chat_format: str | None = None):
         self.backend = backend
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
@@ -72,16 +116,24 @@ class Tokenizer:
         self.add_bos = bool(add_bos)
         self.default_system = default_system
         stops = {self.eos_id} if self.eos_id is not None else set()
-        for special in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        for special in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"):
             tid = backend.token_to_id(special)
             if tid is not None:
                 stops.add(tid)
         self.stop_ids = tuple(sorted(stops))
+        if chat_format is None:
+            gemma = backend.token_to_id("<start_of_turn>") is not None
+            chat_format = "gemma" if gemma and backend.token_to_id("<|im_start|>") is None else "chatml"
+        if chat_format not in CHAT_FORMATS:
+            raise ValueError(f"Tokenizer.chat_format must be one of {CHAT_FORMATS}, got {chat_format!r}")
+        self.chat_format = chat_format
 
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_gguf(cls, path: str | os.PathLike, *, reader=None) -> Tokenizer:
-        """Rebuild the tokenizer from `tokenizer.ggml.*` metadata (model 'gpt2' = byte-level BPE).
+        """Rebuild the tokenizer from `tokenizer.ggml.*` metadata: model 'gpt2' (byte-level BPE with the
+        file's merges) or 'llama' (SentencePiece BPE with byte fallback; merges derived from the vocabulary
+        in file order, see `_spm_bpe_backend`).
 
         reader: an already opened gguf.GGUFReader of `path` (opening a file parses all its metadata)."""
         import gguf
@@ -93,14 +145,43 @@ class Tokenizer:
                 raise FileNotFoundError(f"GGUF file not found: {path}")
             reader = gguf.GGUFReader(path)
         kind = _gguf_field(reader, "tokenizer.ggml.model", path)
-        if kind != "gpt2":
-            raise ValueError(f"{path}: tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' BPE)")
+        if kind not in ("gpt2", "llama"):
+            raise ValueError(f"{path}: tokenizer.ggml.model={kind!r} is not supported ('gpt2' BPE or 'llama' "
+                             "SentencePiece BPE)")
         tokens = _gguf_field(reader, "tokenizer.ggml.tokens", path)
-        merges = _gguf_field(reader, "tokenizer.ggml.merges", path)
         types = np.asarray(_gguf_field(reader, "tokenizer.ggml.token_type", path, [1] * len(tokens)))
         if len(types) != len(tokens):
             raise ValueError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries, "
                              f"tokenizer.ggml.tokens has {len(tokens)}")
+        if kind == "llama":
+            if _gguf_field(reader, "tokenizer.ggml.add_space_prefix", path, False):
+                raise ValueError(f"{path}: tokenizer.ggml.add_space_prefix=True (Llama-2 style SentencePiece) "
+                                 "is not supported")
+            backend = _spm_bpe_backend(tokens, types, path)
+        else:
+            backend = cls._byte_level_backend(reader, tokens, path)
+        control = int(gguf.TokenType.CONTROL)
+        user = int(gguf.TokenType.USER_DEFINED)
+        backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                                    for i in np.flatnonzero(types == control)])
+        # user-defined pieces are matched whole, except those respelled for SentencePiece (runs of spaces)
+        backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                            for i in np.flatnonzero(types == user) if backend.token_to_id(tokens[i]) == i])
+        if backend.get_vocab_size(with_added_tokens=True) != len(tokens):
+            raise ValueError(f"{path}: the rebuilt tokenizer has {backend.get_vocab_size(with_added_tokens=True)} "
+                             f"ids, tokenizer.ggml.tokens has {len(tokens)}")
+        template = _gguf_field(reader, "tokenizer.chat_template", path, "")
+        match = _DEFAULT_SYSTEM_RE.search(template)
+        return cls(backend,
+                   bos_id=_gguf_field(reader, "tokenizer.ggml.bos_token_id", path, None),
+                   eos_id=_gguf_field(reader, "tokenizer.ggml.eos_token_id", path, None),
+                   pad_id=_gguf_field(reader, "tokenizer.ggml.padding_token_id", path, None),
+                   add_bos=bool(_gguf_field(reader, "tokenizer.ggml.add_bos_token", path, False)),
+                   default_system=match.group(1) if match else None)
+
+    @staticmethod
+    def _byte_level_backend(reader, tokens, path: str) -> tokenizers.Tokenizer:
+        merges = _gguf_field(reader, "tokenizer.ggml.merges", path)
         pairs = []
         for i, merge in enumerate(merges):
             parts = merge.split(" ")
@@ -112,20 +193,7 @@ class Tokenizer:
         backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
         backend.pre_tokenizer = _pre_tokenizer(_gguf_field(reader, "tokenizer.ggml.pre", path, "gpt2"), path)
         backend.decoder = decoders.ByteLevel()
-        control = int(gguf.TokenType.CONTROL)
-        user = int(gguf.TokenType.USER_DEFINED)
-        backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                    for i in np.flatnonzero(types == control)])
-        backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                            for i in np.flatnonzero(types == user)])
-        template = _gguf_field(reader, "tokenizer.chat_template", path, "")
-        match = _DEFAULT_SYSTEM_RE.search(template)
-        return cls(backend,
-                   bos_id=_gguf_field(reader, "tokenizer.ggml.bos_token_id", path, None),
-                   eos_id=_gguf_field(reader, "tokenizer.ggml.eos_token_id", path, None),
-                   pad_id=_gguf_field(reader, "tokenizer.ggml.padding_token_id", path, None),
-                   add_bos=bool(_gguf_field(reader, "tokenizer.ggml.add_bos_token", path, False)),
-                   default_system=match.group(1) if match else None)
+        return backend
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
@@ -177,7 +245,11 @@ class Tokenizer:
 
         Each message becomes '<|im_start|>{role}\\n{content}<|im_end|>\\n', preceded by a default system
         turn when the conversation has none and `default_system` is set; ``add_generation_prompt``
-        appends '<|im_start|>assistant\\n' (the start of the reply to generate)."""
+        appends '<|im_start|>assistant\\n' (the start of the reply to generate).
+
+        chat_format "gemma": '<bos>' then '<start_of_turn>{user|model}\\n{content.strip()}<end_of_turn>\\n'
+        per turn (assistant is 'model'), a system message folded into the next turn as '{system}\\n\\n';
+        the generation prompt is '<start_of_turn>model\\n'."""
         if isinstance(conversation, (str, bytes)) or not isinstance(conversation, Sequence) or not conversation:
             raise ValueError("apply_chat_template: conversation must be a non-empty list of {role, content}")
         parts = []
@@ -191,13 +263,31 @@ class Tokenizer:
                                  f"{CHATML_ROLES}")
             if not isinstance(content, str):
                 raise ValueError(f"apply_chat_template: messages[{i}].content must be a str")
+            if self.chat_format == "gemma":
+                continue
             if i == 0 and role != "system" and self.default_system:
                 parts.append(f"<|im_start|>system\n{self.default_system}<|im_end|>\n")
             parts.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
         if add_generation_prompt:
             parts.append("<|im_start|>assistant\n")
+        if self.chat_format == "gemma":
+            parts = self._gemma_turns(conversation, add_generation_prompt)
         text = "".join(parts)
         return self.encode(text, add_bos=False) if tokenize else text
+
+    def _gemma_turns(self, conversation, add_generation_prompt: bool) -> list[str]:
+        bos = "" if self.bos_id is None else self.backend.id_to_token(self.bos_id)
+        parts, system = [bos], ""
+        for message in conversation:
+            if message["role"] == "system":
+                system = message["content"] + "\n\n"
+                continue
+            role = "model" if message["role"] == "assistant" else "user"
+            parts.append(f"<start_of_turn>{role}\n{system}{message['content'].strip()}<end_of_turn>\n")
+            system = ""
+        if add_generation_prompt:
+            parts.append("<start_of_turn>model\n")
+        return parts
 
     def encode_chat(self, messages: Sequence[Mapping[str, str]], *,
                     add_generation_prompt: bool = True) -> list[int]:
@@ -212,13 +302,23 @@ class Tokenizer:
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         tok_path = os.path.join(directory, "tokenizer.json")
-        self.backend.save(tok_path)
+        backend = self.backend
+        if self.add_bos and self.bos_id is not None:  # transformers adds BOS through the post-processor
+            from tokenizers import processors
+
+            backend = tokenizers.Tokenizer.from_str(self.backend.to_str())
+            bos = self.backend.id_to_token(self.bos_id)
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A $B:1", special_tokens=[(bos, self.bos_id)])
+        backend.save(tok_path)
 
         def content(tid):
             return None if tid is None else self.backend.id_to_token(tid)
 
         template = _CHATML_JINJA.replace(
             "default_system", repr(self.default_system) if self.default_system else "''")
+        if self.chat_format == "gemma":
+            template = _GEMMA_JINJA
         cfg = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": content(self.bos_id),
