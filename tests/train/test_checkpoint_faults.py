@@ -158,7 +158,9 @@ from wind_jax.train.checkpoint import Checkpointer, CheckpointWriteError
 ck = Checkpointer(sys.argv[1], async_save=sys.argv[2] == "1")
 ck.save(1, {"w": jnp.ones((8, 8))}, {"iteration": 1})
 ck.wait()
-big = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((1024, 1024)), jnp.float32)}  # 4 MiB
+rng = np.random.default_rng(0)   # 40 layers of 37 KiB: 1.5 MiB of incompressible data, many writes in flight
+big = {f"layer{i}": {"k": jnp.asarray(rng.standard_normal((96, 96)), jnp.float32),
+                     "b": jnp.asarray(rng.standard_normal(96), jnp.float32)} for i in range(40)}
 start = time.time()
 try:
     ck.save(2, big, {"iteration": 2})
@@ -283,8 +285,8 @@ def test_late_event_loop_closed_callbacks_are_dropped_others_pass(monkeypatch):
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
-    storage_errors.quiet_late_read_callbacks()
-    storage_errors.quiet_late_read_callbacks()   # installed once
+    storage_errors.quiet_late_callbacks()
+    storage_errors.quiet_late_callbacks()   # installed once
     late, other = RuntimeError("Event loop is closed"), RuntimeError("something else")
     for exc in (late, other):
         sys.unraisablehook(SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None, err_msg=None,

@@ -23,6 +23,7 @@ the field that differs; fields that do not change the numbers (RESUME_NEUTRAL_FI
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -184,6 +185,7 @@ class Checkpointer:
         self._check_writable()
         if errs.QUIET_WRITE_FAILURES not in logging.getLogger("absl").filters:
             logging.getLogger("absl").addFilter(errs.QUIET_WRITE_FAILURES)
+        errs.quiet_late_callbacks()
         # Saves always go through Orbax's async path (sync = save + wait) so that the manifest is written by the
         # post-finalization callback, inside the temporary directory, before the commit. Directories are created
         # in save() itself: a failure there then raises at once instead of leaving Orbax's writer threads waiting.
@@ -292,6 +294,7 @@ class Checkpointer:
             self._manager.close()
         except Exception:  # noqa: BLE001 -- the same failure, reported below
             pass
+        gc.collect()  # finalize Orbax's abandoned write coroutines now, not noisily at interpreter shutdown
         self._committing.clear()
         if jax.process_index() == 0 and step is not None:
             for tmp in self.directory.glob(f"{step}{_TMP_MARK}*"):
@@ -333,7 +336,6 @@ class Checkpointer:
         """Run read(step) on `step` or, for None, on the newest intact checkpoint, moving aside (and, for None,
         falling back past) checkpoints whose files cannot be read."""
         explicit, fell_back = step is not None, False
-        errs.quiet_late_read_callbacks()
         while True:
             step = self._resolve(step if explicit else None)
             error = None

@@ -78,10 +78,11 @@ class _QuietWriteFailures(logging.Filter):
 QUIET_WRITE_FAILURES = _QuietWriteFailures()
 
 
-def quiet_late_read_callbacks() -> None:
-    """After a failed read TensorStore may complete the item's other reads once Orbax's asyncio loop is closed;
-    their callbacks then print "RuntimeError: Event loop is closed" through sys.unraisablehook, a traceback
-    with no bearing on the run. Drop exactly those (logged at DEBUG level); everything else passes through."""
+def quiet_late_callbacks() -> None:
+    """After a failed read or write TensorStore may complete the item's other operations once Orbax's asyncio
+    loop is closed; their callbacks then print "RuntimeError: Event loop is closed" through
+    sys.unraisablehook, a traceback with no bearing on the run. Drop exactly those (logged at DEBUG level);
+    everything else passes through."""
     previous = sys.unraisablehook
     if getattr(previous, "_wind_jax_quiet", False):
         return
