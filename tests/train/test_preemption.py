@@ -134,3 +134,17 @@ def test_checkpoint_saves_do_not_move_the_agreed_step(tmp_path):
         assert w.procs[i].returncode == 0, "\n".join(w.lines[i][-30:])
     (s0, _), (s1, _) = w.stop_line(0), w.stop_line(1)
     assert s0 == s1 and seen <= s0 <= seen + 3, (s0, s1, seen)
+
+
+@pytest.mark.slow
+def test_two_processes_without_the_preemption_service_agree_by_allgather(monkeypatch):
+    monkeypatch.setenv("JAX_ENABLE_PREEMPTION_SERVICE", "false")
+    w = Workers(2, max_steps=400, step_seconds=0.05, collective=0)
+    seen = w.wait_for_step(1, 4)
+    os.kill(w.procs[0].pid, signal.SIGTERM)
+    w.finish()
+    for i in range(2):
+        assert w.procs[i].returncode == 0, "\n".join(w.lines[i][-30:])
+    (s0, line0), (s1, _) = w.stop_line(0), w.stop_line(1)
+    assert s0 == s1 >= seen and "one of the 2 processes" in line0
+    assert not any("SIGTERM caught" in ln for ln in w.lines[0]), "the runtime's notifier is off"

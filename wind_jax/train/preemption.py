@@ -22,8 +22,10 @@ step, in lockstep (as an SPMD loop does). Orbax's CheckpointManager would also c
 save() with checkpoint ids; wind_jax.train.checkpoint turns that off.
 
 One process without jax.distributed: a Python SIGTERM handler records the request and should_stop()
-returns True at the first call after it. A second SIGTERM restores the previous handler and re-delivers the
-signal (by default: terminate at once).
+returns True at the first call after it. Several processes with the preemption service turned off: the same
+handler on each, and should_stop() allgathers the flags (one small collective per call) so that all stop at
+the same call. A second SIGTERM restores the previous handler and re-delivers the signal (by default:
+terminate at once).
 """
 from __future__ import annotations
 
@@ -54,12 +56,19 @@ class PreemptionGuard:
         self._installed = False
 
     @property
+    def mode(self) -> str:
+        """"sync_point" (JAX's preemption service), "allgather" (several processes without it) or "local"."""
+        if _sync_manager_active():
+            return "sync_point"
+        return "allgather" if jax.process_count() > 1 else "local"
+
+    @property
     def multiprocess(self) -> bool:
-        return _sync_manager_active()
+        return self.mode != "local"
 
     def install(self) -> PreemptionGuard:
         """Install the SIGTERM handler (main thread only); a no-op where JAX's runtime owns SIGTERM."""
-        if self._installed or self.multiprocess:
+        if self._installed or self.mode == "sync_point":
             return self
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("PreemptionGuard.install() must be called from the main thread (Python delivers "
@@ -91,9 +100,14 @@ class PreemptionGuard:
         if self.stop_step is not None:
             return True
         counter, self.calls = self.calls, self.calls + 1
-        if self.multiprocess:
+        mode = self.mode
+        if mode == "sync_point":
             from jax.experimental import multihost_utils
             stop = bool(multihost_utils.reached_preemption_sync_point(counter))
+        elif mode == "allgather":
+            import numpy as np
+            from jax.experimental import multihost_utils
+            stop = bool(np.any(multihost_utils.process_allgather(np.int32(self.requested_at is not None))))
         else:
             stop = self.requested_at is not None
         if stop:
