@@ -134,7 +134,8 @@ def test_attention_backends_window_and_softcap(window, softcap):
             attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask, "xla", **opts)
 
 
-@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "mistral"])
+@pytest.mark.parametrize("family", ["gemma3_text", pytest.param("gemma2", marks=pytest.mark.slow),
+                                    pytest.param("mistral", marks=pytest.mark.slow)])
 def test_backends_agree_on_a_family_model(family):
     config = _family_configs()[family]
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 96, (2, SEQ)), jnp.int32)
@@ -165,7 +166,8 @@ def test_layer_pattern_is_one_scanned_body():
     assert twelve.count("dot_general") == six.count("dot_general")
 
 
-@pytest.mark.parametrize("family", ["gemma3_text", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["gemma3_text", pytest.param("qwen2", marks=pytest.mark.slow),
+                                    pytest.param("mistral", marks=pytest.mark.slow)])
 def test_windowed_cache_decode_matches_full_forward(family):
     """Prefill + one-token decode steps through the (masked, full) KV cache give the cache-free logits,
     with windows shorter than the sequence and a left-padded row."""
@@ -477,3 +479,34 @@ def test_sampler_greedy_past_the_window_matches_full_forward():
     for n in range(6, 16):
         seq[:, n] = np.asarray(forward(model, jnp.asarray(seq)))[:, n - 1].argmax(-1)
     np.testing.assert_array_equal(got, seq)
+
+
+@pytest.mark.parametrize("family", ["qwen2", pytest.param("gemma3_text", marks=pytest.mark.slow)])
+def test_lora_heads_and_offset_work_for_the_family(tmp_path, family):
+    """LoRA (every projection) merges to the same function and exports as the family; the reward and
+    preference heads and PolicyWithOffset run on the family's backbone."""
+    from wind_jax.models import (PolicyWithOffset, PreferenceHead, RewardHead, apply_lora, export_hf,
+                                 import_hf, merge_lora)
+    from wind_jax.models.lora import LORA
+
+    config = _family_configs()[family]
+    base = Transformer(config, rngs=nnx.Rngs(0))
+    model = apply_lora(base, rank=2, alpha=4.0, rngs=nnx.Rngs(1), target_modules=(
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    for _, v in nnx.to_flat_state(nnx.state(model, LORA)):  # non-zero adapters
+        v.set_value(v.get_value() + 0.05)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, SEQ)), jnp.int32)
+    want = np.asarray(model(tokens)[0])
+    merged = merge_lora(model)
+    np.testing.assert_allclose(np.asarray(merged(tokens)[0]), want, atol=2e-5)
+    assert np.abs(want - np.asarray(base(tokens)[0])).max() > 1e-3
+    export_hf(merged, config, tmp_path / "out")
+    back_config, back = import_hf(tmp_path / "out")
+    assert back_config.replace(initializer_range=config.initializer_range) == config
+    np.testing.assert_allclose(np.asarray(back(tokens)[0]), want, atol=2e-5)
+    mask = jnp.ones((2, SEQ), bool)
+    assert RewardHead(base, rngs=nnx.Rngs(2))(tokens, mask).shape == (2,)
+    assert PreferenceHead(base, rngs=nnx.Rngs(3))(tokens, mask, tokens[::-1], mask).shape == (2,)
+    offset = PolicyWithOffset(base, rngs=nnx.Rngs(4))
+    response = jnp.zeros((2, SEQ), bool).at[:, 6:].set(True)
+    assert offset.offset(base.hidden(tokens), response).shape == (2,)

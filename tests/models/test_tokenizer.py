@@ -158,9 +158,9 @@ def test_bad_inputs(tok, tmp_path):
         Tokenizer.from_gguf(tmp_path / "nope.gguf")
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Tokenizer.from_dir(tmp_path)
-    _write_tokenizer_gguf(tmp_path / "spm.gguf", model="llama")
-    with pytest.raises(ValueError, match="tokenizer.ggml.model='llama'"):
-        Tokenizer.from_gguf(tmp_path / "spm.gguf")
+    _write_tokenizer_gguf(tmp_path / "wordpiece.gguf", model="bert")
+    with pytest.raises(ValueError, match="tokenizer.ggml.model='bert'"):
+        Tokenizer.from_gguf(tmp_path / "wordpiece.gguf")
     _write_tokenizer_gguf(tmp_path / "pre.gguf", pre="qwen2")
     with pytest.raises(ValueError, match="tokenizer.ggml.pre='qwen2'"):
         Tokenizer.from_gguf(tmp_path / "pre.gguf")
@@ -195,3 +195,45 @@ def test_smollm2_tokenizer_matches_transformers(tmp_path, smollm2_gguf):
         assert reloaded.encode(text, add_special_tokens=False) == ours.encode(text), text
     assert reloaded.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) == \
         ours.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+
+
+def test_sentencepiece_gguf_vocab_merges_in_file_order_with_byte_fallback(tmp_path):
+    """A Gemma-style 'llama' GGUF vocabulary (no merges): earlier pieces merge first, spaces are U+2581,
+    a piece stored with literal spaces is respelled, unknown characters fall back to byte tokens, and the
+    Gemma chat format is picked from <start_of_turn>."""
+    import gguf
+
+    T = gguf.TokenType
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    pieces = ["h", "e", "l", "o", "w", "r", "d", "\u2581", "ll", "he", "hell", "hello", "\u2581w", "or", "ld",
+              "\u2581wor", "\u2581world", "  ", "lo"]
+    tokens = specials + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [T.CONTROL] * len(specials) + [T.BYTE] * 256 + [T.NORMAL] * len(pieces)
+    w = gguf.GGUFWriter(str(tmp_path / "spm.gguf"), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = Tokenizer.from_gguf(tmp_path / "spm.gguf")
+    ids = {t: i for i, t in enumerate(tokens)}
+    assert tok.encode("hello world", add_bos=False) == [ids["hello"], ids["\u2581world"]]
+    assert tok.encode("hello") == [2, ids["hello"]]  # add_bos from the file
+    # "ll" (earlier in the file) merges before "lo": h e ll o -> he ll o -> hell o -> hello
+    assert tok.encode("hellow", add_bos=False) == [ids["hello"], ids["w"]]
+    assert tok.encode("a  b", add_bos=False) == [ids["<0x61>"], ids["  "], ids["<0x62>"]]
+    assert tok.encode("é", add_bos=False) == [ids["<0xC3>"], ids["<0xA9>"]]
+    for text in ("hello world", "a  b é\n", "<start_of_turn>user\nhello<end_of_turn>\n"):
+        assert tok.decode(tok.encode(text), skip_special_tokens=False).removeprefix("<bos>") == text
+    assert tok.chat_format == "gemma" and tok.stop_ids == (1, ids["<end_of_turn>"])
+    text = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert text == "<bos><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n"
