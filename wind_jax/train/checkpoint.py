@@ -195,6 +195,11 @@ class Checkpointer:
             async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest,
                                            create_directories_asynchronously=False))
         self._manager = _Manager(self.directory, options=options, item_names=("state", "meta", "extra"))
+        # Orbax removes a crashed save's temporary directories in the background; wait, so that nothing lists the
+        # folder half-cleaned (the manifest callback looks for the temporary directory of the step it commits).
+        wait_for_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if wait_for_cleanup is not None:
+            wait_for_cleanup()
 
     def _check_writable(self) -> None:
         """Fail at once, naming the path, when the directory cannot be created or written (Orbax would
