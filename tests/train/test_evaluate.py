@@ -16,14 +16,15 @@ from wind_jax.sampling import sample
 @pytest.mark.slow
 def test_smollm2_against_itself(smollm2_gguf, tmp_path):
     """The project's Hugging Face export of SmolLM2 evaluated against the GGUF it came from: KL ~ 0, win
-    rate 1/2 inside its interval, the identity win = 1/2 + (acc - acc_ref)/2, one query per duel."""
+    rate 1/2 inside its interval, the identity win = 1/2 + (acc - acc_ref)/2, one query per duel; the
+    optional LLM judge answers on the same duels."""
     from wind_jax.models import convert
     config, model, tokenizer = convert.load_gguf(smollm2_gguf)
     export = convert.export_hf(model, config, tmp_path / "smollm2_hf", tokenizer=tokenizer)
     del model
     out_path = tmp_path / "eval.json"
     result = evaluate.main(["--policy", export, "--reference", smollm2_gguf, "--num_prompts", "8", "--samples",
-                            "4", "--max_new_tokens", "8", "--output", str(out_path)])
+                            "4", "--max_new_tokens", "8", "--judge", smollm2_gguf, "--output", str(out_path)])
     assert json.loads(out_path.read_text()) == json.loads(json.dumps(result))
     assert abs(result["kl"]["mean"]) < 1e-3 and result["kl"]["ci95"][0] <= 0.0 + 1e-3
     w = result["win_rate"]
@@ -33,6 +34,8 @@ def test_smollm2_against_itself(smollm2_gguf, tmp_path):
     assert w["queries"] == 8 * 4
     assert 0 < result["response_length"]["mean"] <= 8
     assert not os.path.exists(str(out_path) + ".tmp")
+    judge = result["judge_win_rate"]  # the same duels judged by SmolLM2 itself (both orders averaged)
+    assert judge["queries"] == 8 * 4 and 0 < judge["ci95"][0] <= judge["mean"] <= judge["ci95"][1] < 1
 
 
 def _exact_kl(policy, reference, prompt, eos):
