@@ -18,8 +18,9 @@ takes the largest call count reached on any process plus one as the sync point, 
 call. This guard therefore installs no Python handler there (it would replace the runtime's) and passes the
 runtime a private counter that grows by one per should_stop() call: the protocol needs consecutive
 counters, whatever numbering the loop uses for its steps. Every process must call should_stop() once per
-step, in lockstep (as an SPMD loop does). Orbax's CheckpointManager would also call the sync point from
-save() with checkpoint ids; wind_jax.train.checkpoint turns that off.
+step, for the same sequence of steps (an SPMD loop does; the processes need not be in lockstep, a slower one
+keeps stepping until it reaches the agreed step). Orbax's CheckpointManager would also call the sync point
+from save() with checkpoint ids; wind_jax.train.checkpoint turns that off.
 
 One process without jax.distributed: a Python SIGTERM handler records the request and should_stop()
 returns True at the first call after it. Several processes with the preemption service turned off: the same
