@@ -65,7 +65,8 @@ def _interval(per_prompt, seed):
 
 
 def evaluate(*, policy: str, reference: str = "", split: str = "test", num_prompts: int = 64, samples: int = 4,
-             max_new_tokens: int = 8, seed: int = 0, judge: str = "", chunk: int = 16) -> dict:
+             max_new_tokens: int = 8, seed: int = 0, judge: str = "", chunk: int = 16,
+             eos_token_id: int | None = None) -> dict:
     """The evaluation (module docstring) as a dict (what eval.json holds)."""
     import jax
 
@@ -84,9 +85,9 @@ def evaluate(*, policy: str, reference: str = "", split: str = "test", num_promp
     t0 = time.perf_counter()
     key = jax.random.key(seed)
     pol = v.rollout(pol_model, pol_tok, probs, jax.random.fold_in(key, 0), num_samples=samples,
-                    max_new_tokens=max_new_tokens, chunk=chunk)
+                    max_new_tokens=max_new_tokens, chunk=chunk, eos_token_id=eos_token_id)
     ref = v.rollout(ref_model, ref_tok, probs, jax.random.fold_in(key, 1), num_samples=samples,
-                    max_new_tokens=max_new_tokens, chunk=chunk)
+                    max_new_tokens=max_new_tokens, chunk=chunk, eos_token_id=eos_token_id)
     sampling_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -109,6 +110,7 @@ def evaluate(*, policy: str, reference: str = "", split: str = "test", num_promp
     out = {
         "policy": policy_path, "reference": ref_path, "split": split, "num_prompts": len(probs),
         "samples_per_prompt": samples, "max_new_tokens": max_new_tokens, "seed": seed, "temperature": 1.0,
+        "eos_token_id": list(pol_tok.stop_ids) if eos_token_id is None else [int(eos_token_id)],
         "accuracy": _interval(pol.correct.mean(1), seed),
         "reference_accuracy": _interval(ref.correct.mean(1), seed),
         "accuracy_by_family": {f: float(pol.correct[families == f].mean()) for f in v.FAMILIES
@@ -155,11 +157,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge", default="", help="optional LLM judge (directory or .gguf) for judge_win_rate")
     ap.add_argument("--chunk", type=int, default=16, help="prompts per sampler call")
+    ap.add_argument("--eos_token_id", type=int, default=None,
+                    help="the one id that ends a reply (as the training loop's config); default: the "
+                         "tokenizer's stop ids")
     ap.add_argument("--output", default=os.path.join("outputs", "evaluate", "eval.json"))
     args = ap.parse_args(argv)
     result = evaluate(policy=args.policy, reference=args.reference, split=args.split,
                       num_prompts=args.num_prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
-                      seed=args.seed, judge=args.judge, chunk=args.chunk)
+                      seed=args.seed, judge=args.judge, chunk=args.chunk, eos_token_id=args.eos_token_id)
     _write_json(args.output, result)
     w, k, acc, racc = result["win_rate"], result["kl"], result["accuracy"], result["reference_accuracy"]
     print(f"accuracy {acc['mean']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (reference "

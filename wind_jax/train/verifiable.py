@@ -350,10 +350,10 @@ class Rollout:
 
 
 def rollout(model, tokenizer, problem_list: Sequence[Problem], key, *, num_samples: int, max_new_tokens: int,
-            temperature: float = 1.0, chunk: int = 16) -> Rollout:
-    """Sample `num_samples` replies per problem with wind_jax.sampling.sample (chat template, stop at the
-    tokenizer's stop ids), `chunk` problems per call (the last chunk padded, so one compiled program), and
-    check them (`is_correct`). Chunk c uses jax.random.fold_in(key, c)."""
+            temperature: float = 1.0, chunk: int = 16, eos_token_id=None) -> Rollout:
+    """Sample `num_samples` replies per problem with wind_jax.sampling.sample (chat template; a reply ends at
+    `eos_token_id`, default the tokenizer's stop ids), `chunk` problems per call (the last chunk padded, so
+    one compiled program), and check them (`is_correct`). Chunk c uses jax.random.fold_in(key, c)."""
     import jax
 
     from wind_jax.sampling import sample
@@ -364,7 +364,8 @@ def rollout(model, tokenizer, problem_list: Sequence[Problem], key, *, num_sampl
     for c, s in enumerate(range(0, x, chunk)):
         idx = np.arange(s, s + chunk) % x  # pad the last chunk with repeats, dropped below
         o = sample(model, tokens[idx], mask[idx], jax.random.fold_in(key, c), num_samples=num_samples,
-                   max_new_tokens=max_new_tokens, temperature=temperature, eos_token_id=tokenizer.stop_ids,
+                   max_new_tokens=max_new_tokens, temperature=temperature,
+                   eos_token_id=tokenizer.stop_ids if eos_token_id is None else eos_token_id,
                    pad_token_id=tokenizer.pad_id or 0)
         keep = min(chunk, x - s)
         outs.append([np.asarray(a)[:keep] for a in (o.tokens, o.response_mask, o.attention_mask, o.logprobs,
