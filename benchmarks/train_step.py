@@ -34,7 +34,8 @@ def peak_flops_for(device_kind: str) -> float | None:
     return None
 
 
-def _measure(config_name: str, batch: int, length: int, mesh_shape, steps: int, micro: int) -> dict:
+def _measure(config_name: str, batch: int, length: int, mesh_shape, steps: int, micro: int,
+             attention: str = "reference", remat: str = "none") -> dict:
     import jax
     import numpy as np
     from flax import nnx
@@ -47,7 +48,8 @@ def _measure(config_name: str, batch: int, length: int, mesh_shape, steps: int, 
                                num_kv_heads=2)
     else:  # ~0.5B, bf16 compute
         cfg = LlamaConfig.tiny(vocab_size=32768, hidden_size=1536, intermediate_size=4096, num_layers=16,
-                               num_heads=12, num_kv_heads=4, max_position_embeddings=4096, dtype="bfloat16")
+                               num_heads=12, num_kv_heads=4, max_position_embeddings=4096, dtype="bfloat16",
+                               attention=attention, remat=remat)
     mesh = sharding.make_mesh(mesh_shape)
     graphdef, state = sharding.create_sharded_state(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), mesh)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
@@ -75,7 +77,8 @@ def _measure(config_name: str, batch: int, length: int, mesh_shape, steps: int, 
     tokens = 2 * batch * length
     out = {"devices": len(jax.devices()), "mesh": list(mesh.shape.values()), "params": num_params, "batch": batch,
            "length": length, "step_s": dt, "tokens_per_s": tokens / dt, "first_call_s": compile_s,
-           "device_kind": jax.devices()[0].device_kind, "loss": float(m["loss"])}
+           "device_kind": jax.devices()[0].device_kind, "loss": float(m["loss"]), "attention": cfg.attention,
+           "remat": cfg.remat}
     peak = peak_flops_for(out["device_kind"])
     if peak:
         out["mfu"] = mfu(num_params, tokens, dt, peak * len(jax.devices()))
@@ -109,13 +112,16 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--micro", type=int, default=1)
     p.add_argument("--mesh", type=int, nargs=3, default=[-1, 1, 1])
+    p.add_argument("--attention", default="reference", help="attention backend of the 500m config (e.g. cudnn)")
+    p.add_argument("--remat", default="none", help="rematerialization policy of the 500m config (none, dots, full)")
     args = p.parse_args(argv)
     if args.child:
         return _child(args)
     if args.accelerator:
         if args.config == "small":
             args.config = "500m"
-        r = _measure(args.config, args.batch, args.length, tuple(args.mesh), args.steps, args.micro)
+        r = _measure(args.config, args.batch, args.length, tuple(args.mesh), args.steps, args.micro,
+                     args.attention, args.remat)
         print(json.dumps(r, indent=1))
         return
     rows = [_spawn(d, args) for d in (1, 8)]
