@@ -198,7 +198,8 @@ def test_best_of_n_by_verifier_is_on_the_frontier():
     c[:, 0], c[:, 1] = 1.0, 0.0
     p = (pi * c).sum(1)
     kl, win, acc = v.best_of_n_closed_form(p, [1, 2, 4, 8])
-    assert abs(kl[0]) < 1e-12 and win[0] == pytest.approx(0.5) and acc[0] == pytest.approx(p.mean())  # n = 1 is pi_ref
+    # n = 1 is pi_ref itself
+    assert abs(kl[0]) < 1e-12 and win[0] == pytest.approx(0.5) and acc[0] == pytest.approx(p.mean())
     for k, n in enumerate([2, 4, 8], start=1):
         bon = np.asarray(games.best_of_n_reward(pi, c, n), np.float64)
         kl_ref = np.mean(np.sum(np.where(bon > 0, bon * np.log(bon / pi), 0.0), 1))

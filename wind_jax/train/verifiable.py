@@ -8,7 +8,7 @@ in [10, 999]):
     parity     "Is 47 even or odd? Reply with one word."                                   -> "odd"
 The chat prompt is one solved example of the same family (a user turn and the assistant's answer) followed
 by the question: the example fixes the reply format, so replies are a few tokens (cheap on CPU) and
-SmolLM2-135M-Instruct at temperature 1 solves about a third of them (BENCHMARKS.md, "Verifiable task").
+SmolLM2-135M-Instruct at temperature 1 solves 39% of them, best-of-8 84% (BENCHMARKS.md, "Verifiable task").
 
 Splits: a question (family, numbers) belongs to exactly one split by a CRC32 hash of its text (train 70%,
 validation 10%, test 20%), so the splits are disjoint whatever the sizes drawn; `problems(split, count,
@@ -16,7 +16,8 @@ seed)` draws within a split.
 
 Parser (`parse_answer`): the FIRST answer-shaped token of the reply: for the number families the first
 number (a decimal such as "4.4" is read as written and is wrong), for parity the first whole word "even"
-or "odd" (any case). A reply with none is unanswered (incorrect).
+or "odd" (any case). A reply with none is unanswered (incorrect). Known false positive: a reply listing
+both numbers, the right one first ("Both 16 and 26" answers 16).
 
 Gold preference from correctness c(y) in {0, 1} (MATH.md "The optimal win-rate / KL frontier"):
     P(y > y') = 1/2 + (c(y) - c(y'))/2     (1 if only y is correct, 1/2 if both or neither are),
@@ -43,8 +44,8 @@ from wind_jax.train.oracle import PreferenceOracle, Tokens
 
 __all__ = ["FAMILIES", "SPLITS", "Problem", "problems", "parse_answer", "is_correct", "correct_from_text",
            "chat_messages", "encode_prompts", "find_problem", "VerifierOracle", "frontier_closed_form",
-           "verifier_win_rates", "frontier_estimate", "best_of_n_closed_form", "bernoulli_kl", "Rollout", "rollout", "wilson_interval",
-           "bootstrap_interval"]
+           "verifier_win_rates", "frontier_estimate", "best_of_n_closed_form", "bernoulli_kl", "Rollout",
+           "rollout", "wilson_interval", "bootstrap_interval"]
 
 # family -> (question template with {} for each number, how many numbers, inclusive number range)
 _TEMPLATES = {
