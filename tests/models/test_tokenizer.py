@@ -227,6 +227,7 @@ def test_sentencepiece_gguf_vocab_merges_in_file_order_with_byte_fallback(tmp_pa
     ids = {t: i for i, t in enumerate(tokens)}
     assert tok.encode("hello world", add_bos=False) == [ids["hello"], ids["\u2581world"]]
     assert tok.encode("hello") == [2, ids["hello"]]  # add_bos from the file
+    assert tok.encode("hello", add_special_tokens=False) == [ids["hello"]]  # Hugging Face's switch
     # "ll" (earlier in the file) merges before "lo": h e ll o -> he ll o -> hell o -> hello
     assert tok.encode("hellow", add_bos=False) == [ids["hello"], ids["w"]]
     assert tok.encode("a  b", add_bos=False) == [ids["<0x61>"], ids["  "], ids["<0x62>"]]

@@ -220,10 +220,17 @@ class Tokenizer:
                    default_system=cfg.get("wind_jax_default_system"))
 
     # ------------------------------------------------------------------ encode / decode
-    def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
-        """Token ids of `text`; special tokens written literally (e.g. <|im_start|>) map to their ids."""
+    def encode(self, text: str, *, add_bos: bool | None = None, add_special_tokens: bool | None = None
+               ) -> list[int]:
+        """Token ids of `text`; special tokens written literally (e.g. <|im_start|>) map to their ids.
+        A BOS is prepended when add_bos (default: the checkpoint's add_bos). add_special_tokens has Hugging
+        Face's meaning: False adds no BOS (callers encoding pieces of a template), True the default."""
         if not isinstance(text, str):
             raise ValueError(f"encode: text must be a str, got {type(text).__name__}")
+        if add_special_tokens is False:
+            if add_bos:
+                raise ValueError("encode: add_bos=True contradicts add_special_tokens=False")
+            add_bos = False
         ids = self.backend.encode(text, add_special_tokens=False).ids
         if (self.add_bos if add_bos is None else add_bos):
             if self.bos_id is None:
