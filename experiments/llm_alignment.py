@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, logging
 from ml_collections import config_flags
@@ -29,13 +30,26 @@ _CONFIG = config_flags.DEFINE_config_file(
 
 
 def run(c, *, progress=None, verbose=True):
-    """Run the experiment described by config `c`; returns the LoopResult."""
+    """Run the experiment described by config `c`; returns the LoopResult. One run per out_dir (a second one
+    meets wind_jax.train.run_lock.RunLockedError naming the holder)."""
+    import jax
+
+    from wind_jax.train.run_lock import RunLock
+    if not c.out_dir:
+        c.out_dir = os.path.join("outputs", "llm_alignment", c.method)
+    lock = RunLock(c.out_dir).acquire() if jax.process_index() == 0 else None
+    try:
+        return _run(c, progress, verbose)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(c, progress, verbose):
     import jax
 
     from wind_jax.train.metrics import plot_summary
     from wind_jax.train.tasks import build_loop
-    if not c.out_dir:
-        c.out_dir = os.path.join("outputs", "llm_alignment", c.method)
     task = build_loop(c, progress=progress, verbose=verbose)
     loop, info = task.loop, task.info
     main_process = jax.process_index() == 0
@@ -43,11 +57,15 @@ def run(c, *, progress=None, verbose=True):
         with open(os.path.join(loop.out_dir, "setup_info.json"), "w") as f:
             json.dump(info, f)
     result = loop.run()
+    loop.close()
+    if result.preempted:
+        if main_process:
+            print(result.preempted, flush=True)
+        return result
     written = {"metrics": os.path.join(loop.out_dir, "metrics.jsonl"), "run info": os.path.join(loop.out_dir, "run.json"),
                "checkpoints (id = iteration * (steps_per_iteration + 1) + step)": loop.ckpt.directory.as_posix()}
     if c.export_dir:
         written["Hugging Face export"] = loop.export(c.export_dir, tokenizer=task.tokenizer)
-    loop.close()
     if c.plot and main_process:
         written["figure"] = plot_summary({c.method: result.history}, os.path.join(loop.out_dir, "summary.png"),
                                          title=f"{c.task} task, training oracle: {c.oracle}")
@@ -61,9 +79,14 @@ def run(c, *, progress=None, verbose=True):
 
 def main(argv):
     del argv
+    from wind_jax.train.checkpoint import CheckpointConfigError, CheckpointCorruptError, CheckpointWriteError
+    from wind_jax.train.run_lock import RunLockedError
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     sharding.initialize()  # jax.distributed on multi-host TPU slices / GPU clusters; no-op otherwise
-    run(_CONFIG.value)
+    try:
+        run(_CONFIG.value)
+    except (CheckpointConfigError, CheckpointCorruptError, CheckpointWriteError, RunLockedError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

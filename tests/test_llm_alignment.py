@@ -119,3 +119,21 @@ def test_real_task_checks_its_inputs_before_loading_the_model(tmp_path):
     c.real.model_path = str(tmp_path / "absent.gguf")
     with pytest.raises(ValueError, match="config.real.model_path: .*absent.gguf does not exist"):
         tasks.build_loop(c, verbose=False)
+
+
+def test_lora_targets_are_checked_before_any_work(tmp_path):
+    """A LoRA target that names no module is refused at once, before pre-training (no setup cache written)."""
+    import time
+    c = _small(tmp_path, "wind_sq")
+    c.loop.lora_rank, c.loop.lora_targets = 4, "q_proj,nonexistent_proj"
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="lora_targets.*nonexistent_proj"):
+        tasks.build_loop(c, verbose=False)
+    assert time.perf_counter() - t0 < 10 and not os.path.exists(tmp_path / "setup")
+
+
+def test_a_second_run_on_one_folder_is_refused_naming_the_holder(tmp_path):
+    from wind_jax.train.run_lock import RunLock, RunLockedError
+    with RunLock(str(tmp_path)):
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+            llm_alignment.run(_small(tmp_path, "wind_sq"), progress=False, verbose=False)

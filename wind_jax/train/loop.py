@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,7 @@ from wind_jax.train.config import LoopConfig
 from wind_jax.train.evaluate import Evaluator
 from wind_jax.train.metrics import MetricsLogger, progress_bar, read_jsonl
 from wind_jax.train.oracle import PreferenceOracle
+from wind_jax.train.preemption import PreemptionGuard
 from wind_jax.train.programs import PROGRAMS, signature
 from wind_jax.train.rollout import Collector, NonFiniteError, PromptStream, Timer
 from wind_jax.train.steps import (OptimizerConfig, PolicyWithOffset, init_optimizer_state, jit_policy_step,
@@ -60,9 +62,10 @@ def _ema(anchor, policy, lam):
 
 @dataclasses.dataclass
 class LoopResult:
-    policy: Any              # the trained wind_jax Transformer (pi_T)
+    policy: Any              # the trained wind_jax Transformer (pi_T, or pi_t where a preemption stopped it)
     history: list[dict]      # every metric record (step and iteration)
     out_dir: str
+    preempted: str = ""      # where a SIGTERM stopped the run (saved; the same command resumes), "" otherwise
 
 
 class AlignmentLoop:
@@ -216,10 +219,7 @@ class AlignmentLoop:
         self._flush()
         meta = {"iteration": t, "step_in_iteration": k, "counters": dict(self.counters),
                 "data_position": t * self.cfg.prompts_per_iteration, "oracle": self.oracle.state_dict()}
-        try:
-            self.ckpt.save(self._ckpt_id(t, k), self._tree(), meta, extra=batch)
-        except (OSError, PermissionError) as e:
-            raise OSError(f"cannot write checkpoint {self._ckpt_id(t, k)} under {self.ckpt.directory}: {e}") from e
+        self.ckpt.save(self._ckpt_id(t, k), self._tree(), meta, extra=batch)  # CheckpointWriteError names it
 
     def _restore(self):
         """-> (iteration, step_in_iteration, batch or None), or None when there is no checkpoint."""
@@ -279,6 +279,17 @@ class AlignmentLoop:
 
     # ---------------------------------------------------------------------------- run
     def run(self) -> LoopResult:
+        """Run (or resume) to the last iteration. A SIGTERM (TPU VM preemption) stops it after the current policy
+        step, at a step every process agrees on, with a checkpoint saved there (`LoopResult.preempted`)."""
+        guard = PreemptionGuard()
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
+            guard.install()
+        try:
+            return self._run(guard)
+        finally:
+            guard.uninstall()
+
+    def _run(self, guard: PreemptionGuard) -> LoopResult:
         cfg = self.cfg
         S = cfg.steps_per_iteration
         if self.is_main:
@@ -327,6 +338,11 @@ class AlignmentLoop:
                                        "hp/learning_rate": lr, **{f"hp/{n}": v for n, v in dynamic.items()}},
                                       metrics))
                 bar.update(1)
+                if guard.should_stop(self.counters["global_step"]):
+                    self._save(t, k + 1, batch)
+                    return self._finish(bar, f"{guard.message()}; stopped at iteration {t}, step {k + 1}, checkpoint "
+                                             f"{self._ckpt_id(t, k + 1)} in {self.ckpt.directory}: run the same "
+                                             f"command to resume")
                 if cfg.checkpoint_every_steps and (k + 1) % cfg.checkpoint_every_steps == 0 and k + 1 < S:
                     self._save(t, k + 1, batch)
             self._flush()
@@ -342,12 +358,17 @@ class AlignmentLoop:
             self._report(rec)
             self._save(t + 1, 0)
             k0, batch = 0, None
+        return self._finish(bar)
+
+    def _finish(self, bar, preempted: str = "") -> LoopResult:
         bar.close()
         self.ckpt.wait()
+        if preempted:
+            self._say(f"[{self.cfg.method}] {preempted}")
         if self.logger is not None:
             self.logger.close()
         history = self.logger.history if self.logger is not None else []
-        return LoopResult(self.policy_model(), history, self.out_dir)
+        return LoopResult(self.policy_model(), history, self.out_dir, preempted)
 
     def _minibatch_rows(self, t: int, k: int, n_rows: int) -> np.ndarray:
         """Rows of step k: a per-(iteration, epoch) permutation, cut into batch_size chunks."""

@@ -25,6 +25,7 @@ from flax import nnx
 
 from wind_jax import sharding
 from wind_jax.models import LlamaConfig, PreferenceHead, Transformer
+from wind_jax.models.lora import apply_lora
 from wind_jax.train.checkpoint import Checkpointer, from_named, named
 from wind_jax.train.config import LoopConfig, from_config_dict
 from wind_jax.train.loop import AlignmentLoop
@@ -259,6 +260,16 @@ def _real_oracle(c, policy, tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ the loop
+def _check_lora(lcfg: LoopConfig, make_model):
+    """config.loop.lora_targets checked against the model's modules before any work (an abstract model)."""
+    if lcfg.lora_rank:
+        try:
+            nnx.eval_shape(lambda: apply_lora(make_model(), lcfg.lora_rank, lcfg.lora_alpha, lcfg.lora_targets,
+                                              rngs=nnx.Rngs(0)))
+        except ValueError as e:
+            raise ValueError(f"config.loop.lora_targets: {e}") from None
+
+
 @dataclasses.dataclass
 class Task:
     """What `build_loop` returns: the loop, its oracles, the tokenizer of a real model (None for the
@@ -283,6 +294,7 @@ def build_loop(c, *, progress=None, verbose=True) -> Task:
         oracles = ("gold", "head")
         if c.oracle not in oracles:
             raise ValueError(f"config.oracle must be one of {oracles} for the synthetic task, got {c.oracle!r}")
+        _check_lora(lcfg, lambda: Transformer(model_config(c, language(c)), rngs=nnx.Rngs(0)))
         lang, policy, head, info = synthetic_setup(c, out_dir)
         lcfg = dataclasses.replace(lcfg, eos_token_id=EOS, pad_token_id=PAD,
                                    max_new_tokens=min(lcfg.max_new_tokens, lang.response_width))
@@ -297,6 +309,7 @@ def build_loop(c, *, progress=None, verbose=True) -> Task:
         if verbose:
             print(f"[setup] loading {model_path}", flush=True)
         _, policy, tokenizer = load_llm(model_path)
+        _check_lora(lcfg, lambda: policy)
         oracle, eval_oracle = _real_oracle(c, policy, tokenizer)
         eos = tokenizer.eos_id if tokenizer.eos_id is not None else 0
         lcfg = dataclasses.replace(lcfg, eos_token_id=eos, pad_token_id=tokenizer.pad_id or 0)
