@@ -138,3 +138,33 @@ def test_parity_with_transformers_sequence_classification(tmp_path):
     got = np.asarray(head(jnp.asarray(tokens, jnp.int32), jnp.asarray(mask)), np.float64)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     assert np.std(expected) > 0.1  # the scores differ, so parity is not vacuous
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+def test_family_reward_models_match_transformers(tmp_path, family):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(1)
+    kw = dict(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, num_labels=1, pad_token_id=0)
+    if family == "gemma2":
+        kw.update(sliding_window=4, attn_logit_softcapping=5.0, query_pre_attn_scalar=16)
+    cfg = transformers.AutoConfig.for_model(family, **kw)
+    cfg._attn_implementation = "eager"
+    ref = transformers.AutoModelForSequenceClassification.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    ref.save_pretrained(tmp_path / "rm")
+    config, head = import_reward_model(tmp_path / "rm")
+    assert config.model_type == family
+    tokens = np.random.default_rng(2).integers(1, 96, size=(3, 9))
+    mask = np.arange(9)[None] < np.array([9, 6, 2])[:, None]
+    tokens = np.where(mask, tokens, 0)
+    with torch.no_grad():
+        expected = ref(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))
+                       ).logits[:, 0].double().numpy()
+    got = np.asarray(head(jnp.asarray(tokens, jnp.int32), jnp.asarray(mask)), np.float64)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert np.std(expected) > 0.1

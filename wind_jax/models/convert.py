@@ -594,11 +594,14 @@ def _world_readable(directory: str) -> None:
 
 
 # ----------------------------------------------------------------------------- reward models
-REWARD_ARCHITECTURES = ("LlamaForSequenceClassification", "MistralForSequenceClassification")
+REWARD_ARCHITECTURES = ("LlamaForSequenceClassification", "MistralForSequenceClassification",
+                        "Qwen2ForSequenceClassification", "Qwen3ForSequenceClassification",
+                        "Gemma2ForSequenceClassification", "Gemma3TextForSequenceClassification")
 
 
 def import_reward_model(directory: str | os.PathLike, **config_overrides):
-    """(config, RewardHead) from a Hugging Face LlamaForSequenceClassification directory (num_labels 1).
+    """(config, RewardHead) from a Hugging Face *ForSequenceClassification directory (num_labels 1) of a
+    supported family (REWARD_ARCHITECTURES).
 
     The backbone tensors (model.*) go through `hf_to_params`; score.weight [1, hidden] becomes the head's
     kernel (score.bias, absent in Llama checkpoints, its bias, else 0). The backbone is built with
