@@ -16,7 +16,7 @@ from flax import nnx
 from wind_jax.models import LlamaConfig, Transformer
 from wind_jax.train.checkpoint import CheckpointConfigError, Checkpointer
 from wind_jax.train import AlignmentLoop, FunctionPrompts, LoopConfig
-from wind_jax.train.metrics import deterministic_view, read_jsonl
+from wind_jax.train.metrics import read_jsonl
 from wind_jax.train.oracle import GoldOracle
 from wind_jax.train.synthetic import EOS, PAD, SyntheticLanguage
 
@@ -61,6 +61,11 @@ def _run_and_kill(out_dir, after_step_records, method="wind_sq_offset"):
         time.sleep(0.02)
     proc.wait()
     return proc.returncode
+
+
+def deterministic_view(history):
+    """History without timing fields (time/*), for comparing two runs of the same config."""
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
 
 
 def _final(out_dir):

@@ -144,9 +144,10 @@ def state_shardings(state, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     return jax.tree.map(one, state, is_leaf=_is_variable)
 
 
-def shard_state(state, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-    """Place an nnx state on ``mesh`` following its logical-axis metadata."""
-    return jax.device_put(state, state_shardings(state, mesh, rules))
+def shard_state(state, mesh: Mesh, rules=LOGICAL_AXIS_RULES, *, copy: bool = False):
+    """Place an nnx state on ``mesh`` following its logical-axis metadata (copy=True: never aliasing the given
+    buffers, for a state that a donating step will consume)."""
+    return jax.device_put(state, state_shardings(state, mesh, rules), may_alias=False if copy else None)
 
 
 def create_sharded_state(make_model, mesh: Mesh, rules=LOGICAL_AXIS_RULES):

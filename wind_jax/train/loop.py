@@ -45,13 +45,13 @@ from wind_jax.train.steps import (OptimizerConfig, PolicyWithOffset, init_optimi
                                   make_optimizer)
 
 
-def _copy_to(tree, shardings, dtype=None):
-    """A copy of `tree` laid out by `shardings` (never aliasing the caller's buffers: steps donate), floating
-    leaves cast to `dtype` when given."""
-    def one(x, s):
-        x = jax.device_put(x, s, may_alias=False)
-        return x.astype(dtype) if dtype is not None and jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x
-    return jax.tree.map(one, tree, shardings)
+def _frozen_copy(state, mesh, dtype=None):
+    """A copy of `state` laid out on `mesh` by its logical axes (never aliasing the caller's buffers: steps
+    donate), floating leaves cast to `dtype` when given (pi_ref and the anchor in the compute dtype)."""
+    state = sharding.shard_state(state, mesh, copy=True)
+    if dtype is None:
+        return state
+    return jax.tree.map(lambda x: x.astype(dtype) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x, state)
 
 
 @jax.jit
@@ -115,18 +115,13 @@ class AlignmentLoop:
 
         if isinstance(policy, nnx.Module):
             self.graphdef, state = nnx.split(wrap(policy))
-            self.state = _copy_to(state, sharding.state_shardings(state, self.mesh))
+            self.state = _frozen_copy(state, self.mesh)
         else:
             self.graphdef, self.state = sharding.create_sharded_state(lambda: wrap(policy()), self.mesh)
         frozen = self.model_config.dtype if config.frozen_dtype == "compute" else None
-        if reference is None or reference is policy:  # a copy of the sharded pi_0 (never the caller's arrays)
-            ref_state = self._sampling_state(self.state)
-            self.ref_state = _copy_to(ref_state, jax.tree.map(lambda x: x.sharding, ref_state), frozen)
-        else:
-            ref_state = nnx.split(reference)[1]
-            self.ref_state = _copy_to(ref_state, sharding.state_shardings(ref_state, self.mesh), frozen)
-        self.anchor_state = (_copy_to(self.ref_state, jax.tree.map(lambda x: x.sharding, self.ref_state))
-                             if self.method.uses("anchor") else None)
+        ref = self._sampling_state(self.state) if reference is None or reference is policy else nnx.split(reference)[1]
+        self.ref_state = _frozen_copy(ref, self.mesh, frozen)   # a copy of pi_0 (never of the caller's arrays)
+        self.anchor_state = _frozen_copy(self.ref_state, self.mesh) if self.method.uses("anchor") else None
         self.tx = make_optimizer(OptimizerConfig(name=config.optimizer, learning_rate=float(config.learning_rate),
                                                  max_grad_norm=float(config.max_grad_norm),
                                                  injectable_learning_rate=True))

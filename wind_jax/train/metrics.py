@@ -87,11 +87,6 @@ def read_jsonl(path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def deterministic_view(history: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """History without timing fields (time/*), for comparing two runs of the same config."""
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
-
-
 def progress_bar(total: int, desc: str = "", *, disable: bool | None = None):
     """tqdm bar on stderr; disabled when stderr is not a TTY (logs stay clean)."""
     from tqdm.auto import tqdm
