@@ -1,15 +1,13 @@
 """benchmarks.tpu_aot: the TPU compiler's plan for a tiny model (slow; skipped without libtpu), the CPU
 variant of the same program, the iteration plan (every program with finite, positive figures), the per-key
 cost extrapolation, and argument errors. Argument bytes are checked against a closed form."""
-import math
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
-
-import numpy as np
 
 from benchmarks import tpu_aot
 from benchmarks.tpu_aot import programs

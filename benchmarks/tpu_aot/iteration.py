@@ -59,8 +59,10 @@ def plan_iteration(args):
     pg, pstate, _, opt_state, _ = programs.policy_parts(shape, policy_cfg)
     _, ref_state = programs.abstract_model(ref_cfg, "dpo", offset_head=False)
     _, jstate, _, _ = programs.judge_model(shape, judge_cfg)
-    placed = lambda tree, sh: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),  # noqa: E731
-                                           tree, sh)
+
+    def placed(tree, shardings):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
     policy_b = costs.shard_bytes(placed(pstate, sharding.state_shardings(pstate, mesh)))
     opt_b = costs.shard_bytes(placed(opt_state, sharding.state_shardings(opt_state, mesh)))
     ref_b = costs.shard_bytes(placed(ref_state, sharding.state_shardings(ref_state, mesh)))

@@ -48,8 +48,9 @@ def print_iteration(o):
         if "error" in p:
             print(f"  {name}: FAILED {p['error'][:300]}")
             continue
-        mem = (f"args {p['argument_gib']:.2f} + temps {p['temp_gib']:.2f} GiB, compile {p['compile_s']:.1f} s"
-               if "argument_gib" in p else f"1-/2-layer compiles {p['compile_s']:.1f} s")
+        mem = (f"args {p['argument_gib']:.2f} + temps {p['temp_gib']:.2f} GiB, compile {p['compile_s']:.1f} s "
+               f"({p['compile_cpu_s']:.1f} CPU-s)" if "argument_gib" in p
+               else f"1-/2-layer compiles {p['compile_s']:.1f} s")
         fl = (f"FLOPs/chip {p['flops_per_chip']:.3e} (x{p['flops_ratio']:.2f} of the model's)"
               if p["flops_per_chip"] else f"FLOPs not computed: {p.get('flops_note', '')}")
         print(f"  {name}: {mem}; {fl}")
