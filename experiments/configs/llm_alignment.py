@@ -61,11 +61,22 @@ def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
         skip_invalid=False,      # skip malformed JSONL lines (printing "N of M skipped: reasons") instead of failing
         reward_model_path="",    # a Hugging Face LlamaForSequenceClassification directory (oracle=reward_model)
         judge_max_tokens=0))     # judge inputs longer than this are refused; 0 = the judge's context length
-    if task == "real":
+    # verifiable task (wind_jax.train.verifiable): the real model on problems with one correct answer, judged
+    # by correctness (P(y > y') = 1/2 + (c(y) - c(y'))/2, so win rate vs pi_ref = 1/2 + (acc - acc_ref)/2)
+    c.verifiable = ml_collections.ConfigDict(dict(
+        train_prompts=512, families="larger,smaller,largest3,parity"))
+    if task == "verifiable":
+        c.oracle = "verifier"
+        c.loop.update(dict(num_iterations=6, prompts_per_iteration=32, steps_per_iteration=4, batch_size=16,
+                           beta=0.1, eta=3.0, learning_rate=1e-4, lora_rank=8, lora_alpha=16.0,
+                           lora_targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                           oracle_mode="sample", max_new_tokens=8, eval_prompts=64, eval_samples_per_prompt=2,
+                           async_checkpoint=False))
+    elif task == "real":
         c.oracle = "judge"
         c.loop.update(dict(num_iterations=1, prompts_per_iteration=4, steps_per_iteration=1, batch_size=8,
                            max_new_tokens=8, eval_prompts=4, eval_samples_per_prompt=1,
                            learning_rate=1e-6, async_checkpoint=False))
     elif task != "synthetic":
-        raise ValueError(f'task must be "synthetic" or "real", got {task!r}')
+        raise ValueError(f'task must be "synthetic", "real" or "verifiable", got {task!r}')
     return c

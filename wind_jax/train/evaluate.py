@@ -48,7 +48,18 @@ class Evaluator:
             p = sharding.gathered(sharding.shard_host_batch(p, self.mesh))
             out["eval/win_rate_vs_ref"] = float(np.mean(p))
             out["eval/win_rate_vs_ref_stderr"] = float(np.std(p.mean(1)) / np.sqrt(p.shape[0]))
+            if hasattr(self.oracle, "correct"):  # a verifier: accuracy of pi_t and pi_ref (no queries counted)
+                out.update(self._accuracy(prompts, both, both_mask, n))
         return out
+
+    def _accuracy(self, prompts: Tokens, both, both_mask, n: int) -> dict:
+        """Share of correct replies of pi_t (samples 0..n-1) and pi_ref (n..2n-1), over every process's rows."""
+        b = both.shape[0]
+        rows = lambda x: np.repeat(sharding.local_rows(x), 2 * n, axis=0)  # noqa: E731
+        flat = lambda x: x.reshape((b * 2 * n,) + x.shape[2:])  # noqa: E731
+        c = self.oracle.correct(Tokens(rows(prompts.tokens), rows(prompts.mask)), Tokens(flat(both), flat(both_mask)))
+        c = sharding.gathered(sharding.shard_host_batch(np.asarray(c, np.float32).reshape(b, 2 * n), self.mesh))
+        return {"eval/accuracy": float(c[:, :n].mean()), "eval/accuracy_ref": float(c[:, n:].mean())}
 
     def _ref_logprobs(self, prompts: Tokens, ref_state, resp, resp_mask):
         """log pi_ref of the policy's eval samples [B, N] (one sharded forward)."""

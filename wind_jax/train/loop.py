@@ -267,6 +267,8 @@ class AlignmentLoop:
     def _report(self, rec: dict):
         win = rec.get("eval/win_rate_vs_ref")
         win = "" if win is None else f"win rate vs ref {win:.3f} ± {rec.get('eval/win_rate_vs_ref_stderr', 0):.3f}, "
+        if "eval/accuracy" in rec:
+            win = f"accuracy {rec['eval/accuracy']:.3f} (pi_ref {rec['eval/accuracy_ref']:.3f}), " + win
         secs = rec.get("time/iteration")
         self._say(f"[{self.cfg.method}] iteration {rec['iteration']}/{self.cfg.num_iterations}: {win}"
                   f"KL {rec['eval/kl_to_ref']:.3f}, queries {rec['counts/queries']}"

@@ -316,4 +316,34 @@ def build_loop(c, *, progress=None, verbose=True) -> Task:
         prompts = real_prompts(c, tokenizer, jsonl, out_dir)
         loop = AlignmentLoop(lcfg, policy=policy, oracle=oracle, prompts=prompts, eval_oracle=eval_oracle, **common)
         return Task(loop, oracle, eval_oracle, tokenizer, {"oracle": c.oracle})
-    raise ValueError(f'config.task must be "synthetic" or "real", got {c.task!r}')
+    if c.task == "verifiable":
+        return _verifiable_task(c, lcfg, common, verbose)
+    raise ValueError(f'config.task must be "synthetic", "real" or "verifiable", got {c.task!r}')
+
+
+def _verifiable_task(c, lcfg: LoopConfig, common: dict, verbose: bool) -> Task:
+    """The real model on the verifiable prompt family (wind_jax.train.verifiable): training prompts from the
+    train split, evaluation prompts from the validation split, the verifier as training and gold oracle."""
+    from wind_jax.train import verifiable
+    if c.oracle != "verifier":
+        raise ValueError(f'config.oracle must be "verifier" for the verifiable task, got {c.oracle!r}')
+    families = tuple(f.strip() for f in str(c.verifiable.families).split(",") if f.strip())
+    unknown = sorted(set(families) - set(verifiable.FAMILIES))
+    if unknown or not families:
+        raise ValueError(f"config.verifiable.families: unknown {unknown or families}; known {verifiable.FAMILIES}")
+    model_path = c.real.model_path or default_gguf()
+    if not os.path.exists(model_path):
+        raise ValueError(f"config.real.model_path: {model_path} does not exist")
+    if verbose:
+        print(f"[setup] loading {model_path}", flush=True)
+    _, policy, tokenizer = load_llm(model_path)
+    _check_lora(lcfg, lambda: policy)
+    lcfg = dataclasses.replace(lcfg, eos_token_id=tokenizer.eos_id if tokenizer.eos_id is not None else 0,
+                               pad_token_id=tokenizer.pad_id or 0)
+    prompts = {split: ArrayPrompts(*verifiable.encode_prompts(
+        verifiable.problems(split, n, seed=c.seed, families=families), tokenizer), seed=c.seed)
+        for split, n in (("train", int(c.verifiable.train_prompts)), ("validation", lcfg.eval_prompts))}
+    oracle = verifiable.VerifierOracle(tokenizer)
+    loop = AlignmentLoop(lcfg, policy=policy, oracle=oracle, prompts=prompts["train"], eval_oracle=oracle,
+                         eval_prompts=prompts["validation"], **common)
+    return Task(loop, oracle, oracle, tokenizer, {"oracle": "verifier", "families": list(families)})
