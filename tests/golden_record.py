@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 
-def loop_history(out_dir, method):
+def loop_history(out_dir, method, **loop_overrides):
     from experiments import llm_alignment
     from experiments.configs.llm_alignment import get_config
     c = get_config()
@@ -28,6 +28,7 @@ def loop_history(out_dir, method):
                        batch_size=16, eval_prompts=16, eval_samples_per_prompt=1))
     if method == "bon_distill":
         c.loop.loss_hparams = "alpha=0.5"
+    c.loop.update(loop_overrides)
     res = llm_alignment.run(c, progress=False, verbose=False)
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in res.history]
 

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,9 +24,39 @@ def _params(names, fast):
     return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
+def _expected_counts(method, P):
+    """Per-iteration (samples, queries) for P prompts, by hand from each method's documented protocol (not
+    from the method table): round robins query each unordered pair once."""
+    pairs = lambda k: k * (k - 1) // 2  # noqa: E731
+    return {"wind_sq": (2 * P, P), "wind_sq_offset": (2 * P, P), "wind_kl": (2 * P, P), "wind_nce": (2 * P, P),
+            "sppo": (5 * P, pairs(5) * P), "sppo_beta": (5 * P, pairs(5) * P),
+            "jbond": (3 * P, 3 * P),                 # 1 policy + 2 anchor samples; y-a1, y-a2, a1-a2
+            "bonbon": (8 * P, pairs(8) * P),         # n = 8 samples of pi_ref
+            "dpo": (2 * P, P),                       # n = 2 samples of pi_t
+            "bon_distill": (4 * P, pairs(4) * P),    # n = 4 samples of pi_t
+            "bon_knockout": (4 * P, 3 * P),          # n = 4, a knockout: n - 1 duels
+            }[method]
+
+
 @pytest.mark.parametrize("method", _params(sorted(GOLDEN["loop"]), FAST_LOOP))
 def test_loop_history_is_unchanged(tmp_path, method):
-    assert golden_record.loop_history(tmp_path, method) == GOLDEN["loop"][method]
+    """Bit for bit the recorded history (2 iterations x 16 prompts), so also the exact sample / query counts."""
+    history = golden_record.loop_history(tmp_path, method)
+    assert history == GOLDEN["loop"][method]
+    samples, queries = _expected_counts(method, 16)
+    last = [r for r in history if r["kind"] == "iteration"][-1]
+    assert (last["counts/samples"], last["counts/queries"]) == (2 * samples, 2 * queries)
+
+
+@pytest.mark.slow
+def test_a_knockout_method_runs_through_the_loop(tmp_path):
+    """bon_knockout (adaptive schedule, the oracle asked round by round) at the same reduced size."""
+    history = golden_record.loop_history(tmp_path, "bon_knockout", oracle_mode="sample")
+    samples, queries = _expected_counts("bon_knockout", 16)
+    last = [r for r in history if r["kind"] == "iteration"][-1]
+    assert (last["counts/samples"], last["counts/queries"]) == (2 * samples, 2 * queries)
+    assert 0.0 <= last["eval/win_rate_vs_ref"] <= 1.0 and np.isfinite(last["eval/kl_to_ref"])
+    assert all(np.isfinite(r["train/loss"]) for r in history if r["kind"] == "step")
 
 
 @pytest.fixture(scope="module")
