@@ -1,4 +1,5 @@
-"""The one decoder (Llama, Mistral, Qwen2/3, Gemma 2/3 as configurations) as a policy (Flax NNX), reward / preference heads, LoRA, Hugging Face / GGUF checkpoints, tokenizer."""
+"""The one decoder (Llama, Mistral, Qwen2/3, Gemma 2/3 are configurations of it) as a policy (Flax NNX),
+reward / preference heads, LoRA, Hugging Face / GGUF checkpoints, tokenizer."""
 from wind_jax.models.attention import AttentionMask, attention
 from wind_jax.models.config import DecoderConfig, LlamaConfig, rope_inv_frequencies
 from wind_jax.models.heads import (
