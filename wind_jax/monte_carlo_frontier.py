@@ -13,7 +13,7 @@ functions of the two self-normalized estimators,
     win: M a_i (w_i - mu),      kl: M a_i (lambda (w_i - mu) - 1) + 1      (mu = sum_i a_i w_i),
 give per-prompt variances (1/M^2) sum_i IF_i^2, and SE = sqrt(sum_x var_x) / X. When each w_i comes from its
 own gold duels (fresh pi_ref opponents per sample), the pairs (y_i, w_i) are i.i.d., so this SE already
-includes the duel noise (tests/test_frontier.py checks the calibration by repetition, with and without it).
+includes the duel noise (tests/test_monte_carlo_frontier.py checks the calibration by repetition, with and without it).
 
 Bias, not covered by the SE: O(1/M) from self-normalization, and the effect of noisy w. Tilting on a noisy
 estimate w_hat and evaluating on the same w_hat is the exact frontier of the noisy "reward" over (response,

@@ -15,8 +15,8 @@ Why the synthetic defaults of the outer loop (MATH.md, Alg. 2 / Alg. 3):
 - prompts_per_iteration = 256, steps_per_iteration = 16, batch 64: two passes over WIND's 512 rows.
 - pre-training 300 steps reaches the reference process's NLL (about 11.5 nats per response); the head
   (300 steps, rank 2) agrees with the gold preference on about 80% of reference pairs.
-Measured (reduced set-up: 200 pre-training / head steps, wind_sq_offset, seeds 0-2; tests/
-test_llm_alignment.py::test_wind_raises_gold_win_rate_beyond_seed_spread): gold win rate vs pi_ref
+Measured (reduced set-up: 200 pre-training / head steps, wind_sq_offset, seeds 0-2;
+tests/train/test_llm_alignment.py::test_wind_raises_gold_win_rate_beyond_seed_spread): gold win rate vs pi_ref
 0.568 / 0.568 / 0.573 after 6 iterations, versus 0.517 +- 0.009 with the former eta = 1, T = 3, Bernoulli
 targets.
 """

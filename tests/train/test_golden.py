@@ -1,5 +1,5 @@
 """The redesign keeps every number: each loop method (reduced size, 8 fake devices) and each bandit method
-reproduces, bit for bit, the history recorded before it (tests/golden_record.py -> tests/data/golden.json).
+reproduces, bit for bit, the history recorded before it (tests/train/golden_record.py -> tests/train/golden.json).
 Default suite: the methods of the default synthetic run (wind_sq, sppo) and of the bandit study's --quick
 table (wind_sq_offset, sppo_beta); the slow suite: every method."""
 import json
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 import golden_record  # noqa: E402
 
-with open(os.path.join(os.path.dirname(HERE), "data", "golden.json")) as f:
+with open(os.path.join(HERE, "golden.json")) as f:
     GOLDEN = json.load(f)
 
 FAST_LOOP = ("wind_sq", "sppo")

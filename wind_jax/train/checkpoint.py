@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Config fields that do not change a run's numbers, so a resume may change them. A name matches the last
 # part of a flattened key: "max_to_keep" matches "loop.max_to_keep" and "experiment.loop.max_to_keep" of the
-# stored run config {"loop": LoopConfig, "experiment": llm_alignment.get_config()}. tests/test_checkpoint.py
+# stored run config {"loop": LoopConfig, "experiment": llm_alignment.get_config()}. tests/train/test_checkpoint.py
 # checks that each name exists in that config and is accepted when changed.
 RESUME_NEUTRAL_FIELDS = frozenset({
     "checkpoint_every_steps", "max_to_keep", "async_checkpoint",  # checkpoint cadence and storage

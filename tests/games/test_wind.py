@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import _games_reference as ref
+from tests.games import _reference as ref
 from wind_jax import games
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tests import _games_reference as ref
+from tests.games import _reference as ref
 from wind_jax import games
 
 

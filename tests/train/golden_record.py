@@ -1,8 +1,8 @@
 """Record the golden numbers that the redesign must keep bit for bit (run once, before a refactor):
 
-    python tests/golden_record.py            # writes tests/data/golden.json
+    python tests/train/golden_record.py      # writes tests/train/golden.json
 
-loop: every loop method at the reduced size of tests/test_llm_alignment.py (8 fake devices, as the tests
+loop: every loop method at the reduced size of tests/train/test_llm_alignment.py (8 fake devices, as the tests
 run), its whole metric history except wall times; bandit: every method of make_methods + the offset
 variants, one short make_run each on one game (exact metrics, counts, fit losses)."""
 import json
@@ -11,7 +11,7 @@ import sys
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 
@@ -82,7 +82,7 @@ if __name__ == "__main__":
         with tempfile.TemporaryDirectory() as d:
             out["loop"][m] = loop_history(d, m)
             print(m, out["loop"][m][-1], flush=True)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "golden.json")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=0, sort_keys=True)
     print("wrote", path)

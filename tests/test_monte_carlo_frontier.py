@@ -4,7 +4,7 @@ its delta-method standard errors by repetition, and the best-of-n points against
 import numpy as np
 import pytest
 
-from tests import _games_reference as ref
+from tests.games import _reference as ref
 from wind_jax import monte_carlo_frontier as mc
 from wind_jax import games
 

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests import _games_reference as ref
+from tests.games import _reference as ref
 from wind_jax import monte_carlo_frontier as mc
 from wind_jax import games
 
