@@ -202,10 +202,13 @@ def test_judge_and_reward_model_on_a_mesh_match_one_device():
     want = np.asarray(JudgeOracle(model, template).probability(X, A, B))
     np.testing.assert_allclose(np.asarray(sharded.probability(X, A, B)), want, atol=1e-5)
     assert (sharded.num_queries, second.num_queries) == (12, 0)
+    # inputs padded to a length multiple (what splash attention needs) are masked: the same probabilities
+    np.testing.assert_allclose(np.asarray(JudgeOracle(model, template, pad_to=64).probability(X, A, B)), want,
+                               atol=1e-5)
     assert np.ptp(want) > 1e-4
 
     head = RewardHead(model.config, rngs=nnx.Rngs(3))
-    on_mesh = HeadOracle.from_reward_head(head, mesh=mesh)
+    on_mesh = HeadOracle.from_reward_head(head, mesh=mesh, pad_to=32)   # [prompt | response] padded to 32k
     one = HeadOracle.from_reward_head(head)
     p = np.asarray(on_mesh.probability(X, A, B))
     np.testing.assert_allclose(p, np.asarray(one.probability(X, A, B)), atol=1e-5)

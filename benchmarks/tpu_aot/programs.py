@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 
 from benchmarks.tpu_aot.single import abstract_model, decode_cache, lower_decode_step, sds
 
@@ -160,15 +161,18 @@ def lower_judge(shape: Shape, cfg, mesh):
     import jax.numpy as jnp
 
     from wind_jax.train.on_mesh import batch_shards, jit_frozen
+    from wind_jax.train.oracle import length_multiple
 
     graphdef, state, fn, inputs = judge_model(shape, cfg)
     jitted = jit_frozen(graphdef, state, fn, mesh, num_inputs=inputs)
     r = shape.judge_rows(batch_shards(mesh))
+    m = length_multiple(types.SimpleNamespace(config=cfg))   # the oracle pads its inputs to this multiple
     if shape.oracle == "reward":
         tp, tn = shape.prompt_length, shape.max_new_tokens
+        tn += -(tp + tn) % m
         args = [sds((r, t), dt) for t in (tp, tn, tn) for dt in (jnp.int32, jnp.bool_)]
     else:
-        t = shape.judge_length
+        t = shape.judge_length + (-shape.judge_length % m)
         args = [sds((r, t), jnp.int32), sds((r, t), jnp.bool_), sds((r, t), jnp.int32)]
     with jax.set_mesh(mesh):
         return jitted.lower(state, *args)

@@ -36,6 +36,21 @@ class Preference(NamedTuple):
     outcome: jax.Array | None      # [B] float32 in {0, 1} (a Bernoulli(prob) draw), None without a key
 
 
+def length_multiple(model) -> int:
+    """Sequence-length multiple a model's attention needs: 128 for the splash kernel, else 1."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "backbone", None), "config", None)
+    return 128 if getattr(config, "attention", None) == "splash" else 1
+
+
+def _pad_columns(x, multiple: int, left: bool):
+    """Pad the time axis of [B, T] to a multiple with zeros / False (masked: invisible to the model)."""
+    x = np.asarray(x)
+    pad = -x.shape[1] % multiple
+    if not pad:
+        return x
+    return np.pad(x, ((0, 0), (pad, 0) if left else (0, pad)))
+
+
 def _check_pair(prompt: Tokens, a: Tokens, b: Tokens):
     for name, t in (("prompt", prompt), ("resp_a", a), ("resp_b", b)):
         if not isinstance(t, Tokens):
@@ -63,7 +78,7 @@ class PreferenceOracle:
         """P(a beats b | prompt), float32 [B]; counts B queries unless count=False."""
         _check_pair(prompt, a, b)
         p = self._prob(prompt, a, b)
-        p = p if getattr(p, "dtype", None) == jnp.float32 else jnp.asarray(p, jnp.float32)
+        p = p if getattr(p, "dtype", None) == jnp.float32 or np.asarray(p).dtype.kind not in "biuf" else jnp.asarray(p, jnp.float32)
         if count:
             self.num_queries += int(a.tokens.shape[0])
         return p
@@ -120,17 +135,33 @@ class HeadOracle(PreferenceOracle):
         self.symmetrize = symmetrize
 
     @classmethod
-    def from_reward_head(cls, head, *, mesh=None) -> "HeadOracle":
+    def from_reward_head(cls, head, *, mesh=None, pad_to: int | None = None) -> "HeadOracle":
         """Bradley-Terry oracle of a wind_jax RewardHead (e.g. from convert.import_reward_model). mesh=None:
         wind_jax.models.heads.reward_prob_fn as is; with a mesh the head is placed on it and each side is
-        scored on [prompt | response] by one sharded program (`reward_pair_fn`)."""
+        scored on [prompt | response] by one sharded program (`reward_pair_fn`). Responses are right-padded
+        (masked) so that [prompt | response] is a multiple of `pad_to` (default: 128 for splash attention)."""
         from wind_jax.models.heads import RewardHead, reward_prob_fn
         if not isinstance(head, RewardHead):
             raise ValueError(f"from_reward_head: head must be a RewardHead, got {type(head).__name__}")
+        m = pad_to or length_multiple(head)
+
+        def padded(p, a, b):  # responses right-padded so [prompt | response] suits the attention kernel
+            if m == 1:
+                return p, a, b
+            width = -(p.tokens.shape[1] + max(a.tokens.shape[1], b.tokens.shape[1])) % m
+            grow = lambda t, w: Tokens(*(np.pad(np.asarray(x), ((0, 0), (0, w))) for x in t))  # noqa: E731
+            wide = max(a.tokens.shape[1], b.tokens.shape[1]) + width
+            return p, grow(a, wide - a.tokens.shape[1]), grow(b, wide - b.tokens.shape[1])
+
         if mesh is None:
-            return cls(reward_prob_fn(head), symmetrize=False)
+            fn = reward_prob_fn(head)
+            return cls(lambda p, a, b: fn(*padded(p, a, b)), symmetrize=False)
         fwd = FrozenForward(head, reward_pair_fn, mesh, num_inputs=6)
-        return cls(lambda p, a, b: fwd(p.tokens, p.mask, a.tokens, a.mask, b.tokens, b.mask), symmetrize=False)
+
+        def on_mesh(p, a, b):
+            p, a, b = padded(p, a, b)
+            return fwd(p.tokens, p.mask, a.tokens, a.mask, b.tokens, b.mask)
+        return cls(on_mesh, symmetrize=False)
 
     @classmethod
     def from_reward(cls, reward_fn: Callable[[Tokens, Tokens], jax.Array]) -> "HeadOracle":
@@ -224,13 +255,15 @@ class JudgeOracle(PreferenceOracle):
 
     p_first(a, b) = sigmoid(logit[answer_a] - logit[answer_b]) at the last position with a shown first;
     P(a beats b) = (p_first(a, b) + 1 - p_first(b, a)) / 2, hence P(a, b) + P(b, a) = 1.
+    Inputs are left-padded (masked) to a multiple of `pad_to` (default: 128 for splash attention, else 1).
     """
 
     name = "judge"
 
     def __init__(self, model, template: JudgeTemplate, *, batch_size: int | None = None,
-                 max_length: int | None = None, mesh=None):
+                 max_length: int | None = None, mesh=None, pad_to: int | None = None):
         super().__init__()
+        self.pad_to = pad_to or length_multiple(model)   # judge inputs left-padded to a multiple of this
         self.template = template
         self.batch_size = batch_size
         config = getattr(model, "config", None)
@@ -250,6 +283,8 @@ class JudgeOracle(PreferenceOracle):
                 raise ValueError(f"judge input of {longest} tokens exceeds the judge's context of "
                                  f"{self.max_length} tokens (shorten prompts / max_new_tokens, or set "
                                  f"config.real.judge_max_tokens)")
+        if self.pad_to > 1:  # left padding keeps the question's last token in the last column
+            tokens, mask, positions = (_pad_columns(x, self.pad_to, left=True) for x in (tokens, mask, positions))
         if self._on_mesh is not None:
             return jnp.asarray(self._on_mesh(tokens, mask, positions))
         logits = self._forward(tokens, mask, positions)
