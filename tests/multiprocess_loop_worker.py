@@ -3,7 +3,9 @@ processes (4 fake devices each) running the outer loop on an (N * 4, 1, 1) mesh,
 judging its own slice of every iteration's prompts.
 
 Usage: python tests/multiprocess_loop_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR RESULT.npz
-Also imported by the test for the single-process reference (`make_loop`).
+Also imported by the test for the single-process reference (`make_loop`). Every process prints
+"global_step K" after each of its policy steps and, where a SIGTERM stopped the run (LoopResult.preempted),
+"PREEMPTED K <message>" instead of writing RESULT.npz (tests/train/test_preemption_runs.py).
 """
 import os
 import sys
@@ -54,8 +56,19 @@ def main(process_id, num_processes, port, out_dir, result):
     assert sharding.initialize(f"localhost:{port}", num_processes, process_id)
     mesh = sharding.make_mesh((num_processes * LOCAL_DEVICES, 1, 1))
     loop = make_loop(out_dir, mesh)
+    log = loop._log
+
+    def log_and_print(record, kind):
+        log(record, kind)
+        if kind == "step":
+            print(f"global_step {record['global_step']}", flush=True)
+    loop._log = log_and_print
     res = loop.run()
     loop.close()
+    if res.preempted:
+        print(f"PREEMPTED {loop.counters['global_step']} {res.preempted}", flush=True)
+        jax.distributed.shutdown()
+        return
     params = gathered(loop.state)
     if process_id == 0:
         wins = [r["eval/win_rate_vs_ref"] for r in res.history if r["kind"] == "iteration"]
