@@ -199,7 +199,8 @@ def default_gguf() -> str:
 
 
 def load_llm(path: str):
-    """(config, model, tokenizer) from a .gguf file or a Hugging Face Llama directory."""
+    """(config, model, tokenizer) from a .gguf file or a Hugging Face directory of any supported family
+    (Llama, Mistral, Qwen 2 / 2.5 / 3, Gemma 2 / 3)."""
     from wind_jax.models import convert
     from wind_jax.models.tokenizer import Tokenizer
     if not os.path.exists(path):
@@ -244,18 +245,25 @@ def _real_inputs(c, out_dir):
     return model_path, jsonl
 
 
-def _real_oracle(c, policy, tokenizer):
+def _real_oracle(c, policy, tokenizer, mesh):
+    """(training oracle, evaluation oracle) on the loop's mesh: one placed judge / reward model, two query
+    counters. A judge must share the policy's tokenizer (it reads the policy's token ids)."""
     if c.oracle == "judge":
-        judge_model = load_llm(c.real.judge_path)[1] if c.real.judge_path else policy
-        template = JudgeTemplate.from_tokenizer(tokenizer)
-        return (JudgeOracle(judge_model, template, batch_size=8, max_length=c.real.judge_max_tokens),
-                JudgeOracle(judge_model, template, batch_size=8, max_length=c.real.judge_max_tokens))
+        judge_model = policy
+        if c.real.judge_path:
+            _, judge_model, judge_tokenizer = load_llm(c.real.judge_path)
+            probe = "Which response answers the prompt better? 12 + 7 = 19."
+            if judge_tokenizer.encode(probe) != tokenizer.encode(probe):
+                raise ValueError(f"config.real.judge_path: {c.real.judge_path} has another tokenizer than the policy; "
+                                 f"the LLM judge reads the policy's token ids, so it must share the vocabulary")
+        judge = JudgeOracle(judge_model, JudgeTemplate.from_tokenizer(tokenizer), batch_size=None,
+                            max_length=c.real.judge_max_tokens, mesh=mesh)
+        return judge, judge.with_new_counter()
     if c.oracle == "reward_model":
         from wind_jax.models.convert import import_reward_model
-        from wind_jax.models.heads import reward_prob_fn
         _, head = import_reward_model(c.real.reward_model_path)[:2]
-        prob = reward_prob_fn(head)
-        return HeadOracle(prob, symmetrize=False), HeadOracle(prob, symmetrize=False)
+        reward = HeadOracle.from_reward_head(head, mesh=mesh)
+        return reward, reward.with_new_counter()
     raise ValueError(f'config.oracle must be "judge" or "reward_model" for the real task, got {c.oracle!r}')
 
 
@@ -310,7 +318,7 @@ def build_loop(c, *, progress=None, verbose=True) -> Task:
             print(f"[setup] loading {model_path}", flush=True)
         _, policy, tokenizer = load_llm(model_path)
         _check_lora(lcfg, lambda: policy)
-        oracle, eval_oracle = _real_oracle(c, policy, tokenizer)
+        oracle, eval_oracle = _real_oracle(c, policy, tokenizer, mesh)
         eos = tokenizer.eos_id if tokenizer.eos_id is not None else 0
         lcfg = dataclasses.replace(lcfg, eos_token_id=eos, pad_token_id=tokenizer.pad_id or 0)
         prompts = real_prompts(c, tokenizer, jsonl, out_dir)
