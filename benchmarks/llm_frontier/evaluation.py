@@ -109,17 +109,10 @@ def gap(fr: dict, kl, win_rate, which: str = "upper") -> float:
 
 
 def head_agreement(head, lang, prompts, a, ma, b, mb) -> float:
-    """Fraction of pi_ref pairs (first sample vs first opponent per prompt) where the head's preferred
-    response (both presentation orders averaged) is gold's; exact gold ties are left out."""
-    from wind_jax.train.oracle import Tokens
-    from wind_jax.train.tasks import head_prob_fn
-    prob = head_prob_fn(head)
-    pt = Tokens(prompts, np.ones_like(prompts, bool))
-    x, y = Tokens(a[:, 0], ma[:, 0]), Tokens(b[:, 0], mb[:, 0])
-    p_head = 0.5 * (np.asarray(prob(pt, x, y)) + 1.0 - np.asarray(prob(pt, y, x)))
-    p_gold = np.asarray(lang.gold_preference(prompts, a[:, 0], ma[:, 0], b[:, 0], mb[:, 0]))
-    keep = np.abs(p_gold - 0.5) > 1e-6
-    return float(np.mean((p_head[keep] > 0.5) == (p_gold[keep] > 0.5)))
+    """Head-vs-gold agreement on pi_ref pairs (first sample vs first opponent per prompt), exact gold ties left
+    out (wind_jax.train.tasks.pair_agreement)."""
+    from wind_jax.train.tasks import pair_agreement
+    return pair_agreement(head, lang, prompts, a[:, 0], ma[:, 0], b[:, 0], mb[:, 0], drop_ties=True)
 
 
 def strip(fr: dict) -> dict:

@@ -127,26 +127,6 @@ def train_head(c, lang, seed: int):
     return head
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _head_agreement(graphdef, lang, n, state, key):
-    kp, ka, kb = jax.random.split(key, 3)
-    x = lang.sample_prompts(kp, n)
-    a, ma = lang.sample_reference_responses(ka, x)
-    b, mb = lang.sample_reference_responses(kb, x)
-    X = Tokens(x, jnp.ones_like(x, bool))
-    (ta, am), (tb, bm) = _seq(X, Tokens(a, ma)), _seq(X, Tokens(b, mb))
-    head = nnx.merge(graphdef, state)
-    p_head = 0.5 * (jax.nn.sigmoid(head.pair_logit(ta, am, tb, bm)) + 1 - jax.nn.sigmoid(head.pair_logit(tb, bm, ta, am)))
-    p_gold = lang.gold_preference(x, a, ma, b, mb)
-    return jnp.mean((p_head > 0.5) == (p_gold > 0.5))
-
-
-def head_accuracy(head, lang, key, n=1024) -> float:
-    """Agreement of the head's preferred response with the gold one on held-out reference pairs."""
-    graphdef, state = nnx.split(head)
-    return float(_head_agreement(graphdef, lang, n, state, key))
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _head_prob(graphdef, state, pt, pm, at, am, bt, bm):
     (ta, ma), (tb, mb) = _seq(Tokens(pt, pm), Tokens(at, am)), _seq(Tokens(pt, pm), Tokens(bt, bm))
@@ -157,6 +137,27 @@ def head_prob_fn(head: PreferenceHead):
     """(prompt, a, b) Tokens -> P(a beats b) [B] from the head on [prompt | response] sequences."""
     graphdef, state = nnx.split(head)
     return lambda p, a, b: _head_prob(graphdef, state, p.tokens, p.mask, a.tokens, a.mask, b.tokens, b.mask)
+
+
+def pair_agreement(head, lang, prompts, a, ma, b, mb, *, drop_ties: bool = False) -> float:
+    """Share of response pairs (a, b) to `prompts` [N, Tp] where the head's preferred response (both
+    presentation orders averaged) is gold's; drop_ties leaves out pairs whose gold preference is exactly 1/2."""
+    prob = head_prob_fn(head)
+    pt = Tokens(prompts, jnp.ones_like(prompts, bool))
+    x, y = Tokens(a, ma), Tokens(b, mb)
+    p_head = 0.5 * (np.asarray(prob(pt, x, y)) + 1.0 - np.asarray(prob(pt, y, x)))
+    p_gold = np.asarray(lang.gold_preference(prompts, a, ma, b, mb))
+    keep = np.abs(p_gold - 0.5) > 1e-6 if drop_ties else np.ones(p_gold.shape, bool)
+    return float(np.mean((p_head[keep] > 0.5) == (p_gold[keep] > 0.5)))
+
+
+def head_accuracy(head, lang, key, n=1024) -> float:
+    """Agreement of the head's preferred response with the gold one on n fresh pairs of reference responses."""
+    kp, ka, kb = jax.random.split(key, 3)
+    x = lang.sample_prompts(kp, n)
+    a, ma = lang.sample_reference_responses(ka, x)
+    b, mb = lang.sample_reference_responses(kb, x)
+    return pair_agreement(head, lang, x, a, ma, b, mb)
 
 
 def synthetic_setup(c, out_dir):
