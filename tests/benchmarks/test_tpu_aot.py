@@ -12,7 +12,7 @@ import pytest
 from benchmarks import tpu_aot
 from benchmarks.tpu_aot import programs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(args, tmp_path, env_extra=None):
