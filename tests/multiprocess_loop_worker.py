@@ -4,8 +4,9 @@ judging its own slice of every iteration's prompts.
 
 Usage: python tests/multiprocess_loop_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR RESULT.npz
 Also imported by the test for the single-process reference (`make_loop`). Every process prints
-"global_step K" after each of its policy steps and, where a SIGTERM stopped the run (LoopResult.preempted),
-"PREEMPTED K <message>" instead of writing RESULT.npz (tests/train/test_preemption_runs.py).
+"global_step K" as each policy step's record is logged (at once: a checkpoint every step flushes them)
+and, where a SIGTERM stopped the run (LoopResult.preempted), "PREEMPTED K <message>" instead of writing
+RESULT.npz (tests/train/test_preemption_runs.py).
 """
 import os
 import sys
