@@ -31,9 +31,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
-# Slow and interop-marked tests (parity against transformers, SmolLM2 GGUF, end-to-end runs).
+# Slow and interop-marked tests (parity against transformers, SmolLM2 / Gemma GGUF, end-to-end runs): two
+# workers, then the tests that time processes (kills, SIGTERM, heartbeats) alone, one at a time.
+SERIAL_TESTS := tests/train/test_loop.py tests/train/test_multiprocess.py tests/train/test_dead_worker.py \
+	tests/train/test_preemption.py tests/train/test_preemption_runs.py tests/train/test_checkpoint_faults.py
 test-slow: $(INTEROP)
-	$(BIN)/python -m pytest -q -m 'slow or interop' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 -m 'slow or interop' $(addprefix --ignore=,$(SERIAL_TESTS)) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m 'slow or interop' $(SERIAL_TESTS) $(PYTEST_ARGS)
 
 test-all: test test-slow
 

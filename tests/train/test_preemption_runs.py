@@ -1,10 +1,10 @@
 """Issue 21, end to end: runs stopped by what TPU VMs do to them resume to the uninterrupted result (slow: real
 subprocesses, several full tiny runs each); and an oracle answering strings is refused (fast).
 
-- SIGTERM, one process: `python -m experiments.llm_alignment` (the tiny config of tests/test_loop.py) is sent
+- SIGTERM, one process: `python -m experiments.llm_alignment` (the tiny config of tests/train/test_loop.py) is sent
   SIGTERM after a random number of step records; it exits 0 printing where it stopped, and the same command
   resumes it to the final checkpoint and metrics of the uninterrupted run.
-- SIGTERM, two jax.distributed processes (tests/multiprocess_loop_worker.py): one process gets the signal at a
+- SIGTERM, two jax.distributed processes (tests/train/multiprocess_loop_worker.py): one process gets the signal at a
   random point; both stop at the same step with one collective save, and resuming both ends with the params,
   win rates and metrics of the uninterrupted 2-process run.
 - A dead worker: one of the two processes is SIGKILLed mid-run; the other exits, with an error naming the
@@ -27,9 +27,9 @@ from wind_jax.train.checkpoint import Checkpointer
 from wind_jax.train.metrics import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LOOP_WORKER = os.path.join(ROOT, "tests", "multiprocess_loop_worker.py")
+LOOP_WORKER = os.path.join(ROOT, "tests", "train", "multiprocess_loop_worker.py")
 
-# tests/test_loop.py's SMALL: 3 iterations x 4 policy steps, a checkpoint every 2 steps
+# tests/train/test_loop.py's SMALL: 3 iterations x 4 policy steps, a checkpoint every 2 steps
 SMALL = ["--config.model.hidden_size=16", "--config.model.intermediate_size=32", "--config.model.num_layers=1",
          "--config.model.num_heads=2", "--config.model.num_kv_heads=1", "--config.pretrain.steps=20",
          "--config.head.steps=20", "--config.loop.num_iterations=3", "--config.loop.steps_per_iteration=4",
@@ -163,7 +163,7 @@ def test_sigterm_one_process_then_rerun_matches_uninterrupted(single_reference, 
 
 # ------------------------------------------------------------------------------------------- two processes
 class LoopWorkers:
-    """Two tests/multiprocess_loop_worker.py processes on one out_dir; stdout lines collected as they come."""
+    """Two tests/train/multiprocess_loop_worker.py processes on one out_dir; stdout lines collected as they come."""
 
     def __init__(self, out_dir, result, env_extra=None, n=2):
         with socket.socket() as s:

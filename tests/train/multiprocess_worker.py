@@ -1,6 +1,6 @@
-"""Worker for tests/test_multiprocess.py: one of N jax.distributed CPU processes running policy steps.
+"""Worker for tests/train/test_multiprocess.py: one of N jax.distributed CPU processes running policy steps.
 
-Usage: python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz  (sets its own XLA_FLAGS).
+Usage: python tests/train/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz  (sets its own XLA_FLAGS).
 Also imported by the test for the single-process reference (same model, batch and step).
 """
 import os
@@ -83,5 +83,5 @@ def main(process_id, num_processes, port, out):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

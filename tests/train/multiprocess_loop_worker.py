@@ -1,8 +1,8 @@
-"""Worker for tests/test_multiprocess.py::test_loop_two_processes_equals_one: one of N jax.distributed CPU
+"""Worker for tests/train/test_multiprocess.py::test_loop_two_processes_equals_one: one of N jax.distributed CPU
 processes (4 fake devices each) running the outer loop on an (N * 4, 1, 1) mesh, each process sampling and
 judging its own slice of every iteration's prompts.
 
-Usage: python tests/multiprocess_loop_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR RESULT.npz
+Usage: python tests/train/multiprocess_loop_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR RESULT.npz
 Also imported by the test for the single-process reference (`make_loop`). Every process prints
 "global_step K" as each policy step's record is logged (at once: a checkpoint every step flushes them)
 and, where a SIGTERM stopped the run (LoopResult.preempted), "PREEMPTED K <message>" instead of writing
@@ -78,5 +78,5 @@ def main(process_id, num_processes, port, out_dir, result):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])

@@ -20,7 +20,7 @@ from wind_jax.train.metrics import read_jsonl
 from wind_jax.train.oracle import GoldOracle
 from wind_jax.train.synthetic import EOS, PAD, SyntheticLanguage
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = ["--config.model.hidden_size=16", "--config.model.intermediate_size=32", "--config.model.num_layers=1",
          "--config.model.num_heads=2", "--config.model.num_kv_heads=1", "--config.pretrain.steps=20",
          "--config.head.steps=20", "--config.loop.num_iterations=3", "--config.loop.steps_per_iteration=4",

@@ -14,7 +14,7 @@ import pytest
 import multiprocess_worker as worker
 from wind_jax import sharding
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def free_port() -> int:
@@ -28,7 +28,7 @@ def run_processes(script: str, extra_args, *, n: int = 2, timeout: int):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", script), str(i), str(n), str(port),
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "train", script), str(i), str(n), str(port),
                                *extra_args(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for i in range(n)]
     logs = []
