@@ -80,12 +80,13 @@ def _run(c, progress, verbose):
 def main(argv):
     del argv
     from wind_jax.train.checkpoint import CheckpointConfigError, CheckpointCorruptError, CheckpointWriteError
+    from wind_jax.train.config import ConfigError
     from wind_jax.train.run_lock import RunLockedError
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     sharding.initialize()  # jax.distributed on multi-host TPU slices / GPU clusters; no-op otherwise
     try:
         run(_CONFIG.value)
-    except (CheckpointConfigError, CheckpointCorruptError, CheckpointWriteError, RunLockedError) as e:
+    except (ConfigError, CheckpointConfigError, CheckpointCorruptError, CheckpointWriteError, RunLockedError) as e:
         sys.exit(f"error: {e}")
 
 

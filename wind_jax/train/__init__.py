@@ -34,7 +34,7 @@ __all__ = [
 # the outer loop and its parts, oracles, checkpoints, metrics, the synthetic language
 from wind_jax.methods import METHODS  # noqa: E402
 from wind_jax.train.checkpoint import CheckpointConfigError, Checkpointer, check_compatible  # noqa: E402
-from wind_jax.train.config import LoopConfig  # noqa: E402
+from wind_jax.train.config import ConfigError, LoopConfig  # noqa: E402
 from wind_jax.train.loop import AlignmentLoop, LoopResult  # noqa: E402
 from wind_jax.train.metrics import MetricsLogger, plot_summary  # noqa: E402
 from wind_jax.train.oracle import (GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate,  # noqa: E402
@@ -42,7 +42,7 @@ from wind_jax.train.oracle import (GoldOracle, HeadOracle, JudgeOracle, JudgeTem
 from wind_jax.train.rollout import ArrayPrompts, FunctionPrompts, NonFiniteError, OracleError  # noqa: E402
 from wind_jax.train.synthetic import SyntheticLanguage  # noqa: E402
 
-__all__ += ["CheckpointConfigError", "Checkpointer", "check_compatible", "METHODS", "AlignmentLoop", "LoopResult",
+__all__ += ["CheckpointConfigError", "ConfigError", "Checkpointer", "check_compatible", "METHODS", "AlignmentLoop", "LoopResult",
             "ArrayPrompts", "FunctionPrompts", "LoopConfig", "MetricsLogger", "plot_summary", "GoldOracle",
             "HeadOracle", "JudgeOracle", "JudgeTemplate", "NonFiniteError", "OracleError", "PreferenceOracle",
             "Tokens", "SyntheticLanguage"]

@@ -15,7 +15,11 @@ from typing import Any
 
 from wind_jax import losses, methods as methods_lib
 
-SCHEDULED = ("beta", "eta")  # traced loss hparams (a schedule does not recompile the step)
+SCHEDULED = ("beta", "eta")
+
+
+class ConfigError(ValueError):
+    """A setting the run cannot use; the message names the field (experiments print it as one line)."""  # traced loss hparams (a schedule does not recompile the step)
 
 
 def _parse_pairs(value, field: str) -> tuple[tuple[str, float], ...]:
@@ -86,6 +90,14 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self):
+        try:
+            self._validate()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def _validate(self):
         object.__setattr__(self, "loss_hparams", _parse_pairs(self.loss_hparams, "loss_hparams"))
         object.__setattr__(self, "lora_targets", _parse_names(self.lora_targets, "lora_targets"))
         method = methods_lib.get_method(self.method)
@@ -127,7 +139,7 @@ class LoopConfig:
                 method.check_hparams(values)
                 losses.check_hparams(method.spec, {k: v for k, v in values.items() if k in method.spec.defaults})
             except ValueError as e:
-                raise ValueError(f"LoopConfig (iteration {t}): {e}") from None
+                raise ConfigError(f"LoopConfig (iteration {t}): {e}") from None
 
     @property
     def method_record(self) -> methods_lib.Method:
@@ -210,5 +222,5 @@ def from_config_dict(loop, *, method: str, seed: int, **overrides) -> LoopConfig
     names = {f.name for f in dataclasses.fields(LoopConfig)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"config.loop: unknown fields {unknown}")
+        raise ConfigError(f"config.loop: unknown fields {unknown}")
     return LoopConfig(method=method, seed=seed, **d)

