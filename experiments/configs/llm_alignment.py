@@ -66,21 +66,20 @@ def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
     c.verifiable = ml_collections.ConfigDict(dict(
         train_prompts=512, families="larger,smaller,largest3,parity"))
     if task == "verifiable":
-        # Measured 2026-12-04, CPU-2 shared (load 5-12; BENCHMARKS.md "Verifiable task: SmolLM2 aligned"):
-        # - lr 1e-3 (32 prompts x 4 steps): diverged inside the first iteration (loss 2.25 -> 8.3, grad norm
-        #   81), accuracy 0.318 vs pi_ref 0.396, KL 1.01.
-        # - these values (lr 3e-4, 64 prompts = 128 rows, 8 steps = one pass at batch 16, 3 iterations):
-        #   accuracy - accuracy_ref +0.036 / +0.078 / -0.005 after iterations 1-3, win rate 0.518 / 0.539 /
-        #   0.497 (+- 0.022-0.026 s.e.), KL 0.12 / 0.45 / 0.91. NOT yet a measurable gain: no iteration's
-        #   win-rate interval clears 1/2, and the third iteration spends KL without accuracy. 1002 CPU-s
-        #   (19 min wall at load 6-9; an idle 2-core machine needs at least ~8.5 min). Next to try: a smaller
-        #   step per iteration (lr 1e-4-2e-4 or eta 1) over more prompts per iteration.
-        # - eval 96 prompts x 2 replies: ~70-120 s per evaluation here (the prompts, with their solved
-        #   example, dominate, not the ~3-token replies); win-rate s.e. ~0.022, so a gain of accuracy below
-        #   ~0.09 cannot be read from one run.
+        # Measured 2026-12-04, CPU-2 shared (BENCHMARKS.md "Verifiable task: SmolLM2 aligned"); 64 prompts =
+        # 128 rows and 8 steps of 16 = one pass per iteration, eval 96 prompts x 2 (win-rate s.e. ~0.021):
+        # - lr 1e-3 (32 prompts x 4 steps): diverged in the first iteration (loss 2.25 -> 8.3), accuracy
+        #   0.318 vs pi_ref 0.396, KL 1.01.
+        # - lr 3e-4, 3 iterations: accuracy - accuracy_ref +0.036 / +0.078 / -0.005, KL 0.12 / 0.45 / 0.91:
+        #   the third iteration spends KL for nothing.
+        # - these values (lr 1.5e-4, 2 iterations): +0.021 / +0.078, win rate 0.510 / 0.539 +- 0.021, KL
+        #   0.064 / 0.203; 646 CPU-s, 6 min wall at load 2-3. The same gain at half the KL, but the final
+        #   95% interval [0.498, 0.580] still touches 1/2: NOT yet a measurable gain.
+        # - evaluation costs 50-120 s per iteration (the prompts, with their solved example, dominate, not
+        #   the ~3-token replies); a gain of accuracy below ~0.08 cannot be read from one run.
         c.oracle = "verifier"
-        c.loop.update(dict(num_iterations=3, prompts_per_iteration=64, steps_per_iteration=8, batch_size=16,
-                           beta=0.1, eta=3.0, learning_rate=3e-4, lora_rank=8, lora_alpha=16.0,
+        c.loop.update(dict(num_iterations=2, prompts_per_iteration=64, steps_per_iteration=8, batch_size=16,
+                           beta=0.1, eta=3.0, learning_rate=1.5e-4, lora_rank=8, lora_alpha=16.0,
                            lora_targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                            oracle_mode="sample", max_new_tokens=8, eval_prompts=96, eval_samples_per_prompt=2,
                            async_checkpoint=False))
