@@ -9,6 +9,7 @@ from wind_jax import games
 from wind_jax.bandit import settings
 
 
+@pytest.mark.slow  # equilibria and a floor fit per game: ~10 s each
 @pytest.mark.parametrize("game", settings.GAMES)
 def test_settings_give_a_valid_game_and_their_policy_class(game):
     X, Y = 3, 5

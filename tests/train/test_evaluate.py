@@ -56,6 +56,7 @@ def _exact_kl(policy, reference, prompt, eos):
     return kl
 
 
+@pytest.mark.slow  # 3000 samples from two models: ~15 s
 def test_kl_from_samples_matches_enumeration():
     """reference_logprobs of the sampler's replies reproduces the sampler's log pi under the policy, and
     E[log pi - reference_logprobs(pi_ref)] is the exact KL (enumerated) within 4 standard errors, for two
