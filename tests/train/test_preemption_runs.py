@@ -26,21 +26,15 @@ import pytest
 from wind_jax.train.checkpoint import Checkpointer
 from wind_jax.train.metrics import read_jsonl
 
+from test_loop import SMALL, deterministic_view  # noqa: E402  (tests/train is on the path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOOP_WORKER = os.path.join(ROOT, "tests", "train", "multiprocess_loop_worker.py")
+# test_loop.SMALL: 3 iterations x 4 policy steps, a checkpoint every 2 steps
 
-# tests/train/test_loop.py's SMALL: 3 iterations x 4 policy steps, a checkpoint every 2 steps
-SMALL = ["--config.model.hidden_size=16", "--config.model.intermediate_size=32", "--config.model.num_layers=1",
-         "--config.model.num_heads=2", "--config.model.num_kv_heads=1", "--config.pretrain.steps=20",
-         "--config.head.steps=20", "--config.loop.num_iterations=3", "--config.loop.steps_per_iteration=4",
-         "--config.loop.prompts_per_iteration=16", "--config.loop.batch_size=16",
-         "--config.loop.eval_prompts=16", "--config.loop.checkpoint_every_steps=2", "--config.plot=False",
-         "--config.tensorboard=False"]
 TOTAL_STEPS = 12
 
 
-def deterministic_view(history):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
 
 
 def final_state(out_dir):
