@@ -444,3 +444,24 @@ def test_checkpoint_resumes_onto_another_mesh(tmp_path):
     moved = _run_loop(_loop(out, "wind_sq", (2, 2, 2), iterations=2, learning_rate=1e-3))
     one = _run_loop(_loop(str(tmp_path / "one"), "wind_sq", iterations=2, learning_rate=1e-3))
     _assert_same_run(moved, one)
+
+
+def test_fixed_reference_draws_pi_ref_once_and_keeps_per_prompt_values(tmp_path):
+    """eval_fixed_reference: pi_ref's evaluation replies are the t = 0 draw at every evaluation (and equal the
+    default's t = 0 draw); without it each evaluation draws anew. per_prompt keeps each evaluation's values."""
+    fixed = _loop(str(tmp_path / "fixed"), eval_fixed_reference=True)
+    fresh = _loop(str(tmp_path / "fresh"))
+    prompts = fixed.collector.global_prompts(fixed.evaluator.prompts, 0, 8)
+    draw = lambda loop, t: [np.asarray(a) for a in loop.evaluator._reference_replies(t, loop.ref_state, prompts, 1)]  # noqa: E731
+    first, again = draw(fixed, 0), draw(fixed, 3)
+    for a, b, c in zip(first, again, draw(fresh, 0)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    assert not all(np.array_equal(a, b) for a, b in zip(draw(fresh, 0), draw(fresh, 3)))
+    out = fixed.evaluate(1)
+    rec = fixed.evaluator.per_prompt[-1]
+    assert rec["t"] == 1 and rec["kl"].shape == (8, 1) and rec["win"].shape == (8, 1)
+    assert out["eval/kl_to_ref"] == pytest.approx(float(rec["kl"].mean()), abs=1e-6)
+    assert out["eval/win_rate_vs_ref"] == pytest.approx(float(rec["win"].mean()), abs=1e-6)
+    fixed.close()
+    fresh.close()

@@ -80,6 +80,7 @@ class LoopConfig:
     pad_token_id: int = 0
     eval_prompts: int = 128
     eval_samples_per_prompt: int = 2
+    eval_fixed_reference: bool = False  # draw pi_ref's evaluation replies once, reuse them every iteration
     checkpoint_every_steps: int = 0    # 0 = only at iteration ends
     max_to_keep: int = 2
     async_checkpoint: bool = True

@@ -1,0 +1,84 @@
+"""benchmarks.real_frontier: the chord rule, the matched-KL choice, the paired bootstrap (hand-made data with
+known answers) and the quick comparison end to end on SmolLM2 (slow)."""
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.real_frontier import analysis as A
+
+
+def _run(points, x=20, n=10, queries=8):
+    """A run whose evaluation i has KL kl_i on every reply and accuracy acc_i on every prompt (acc_i * n of
+    the n replies correct)."""
+    correct = [[[1] * round(acc * n) + [0] * (n - round(acc * n))] * x for _, acc in points]
+    kl = [[[k] * n] * x for k, _ in points]
+    return {"correct": correct, "kl": kl, "curve": [{"counts/queries": i * queries} for i in range(len(points))]}
+
+
+def test_chord_gap_reads_the_frontier_between_the_same_two_kls():
+    f_kl = np.linspace(0, 4, 4001)
+    f_win = np.sqrt(f_kl)  # concave
+    # points (0.25, 0.4) and (1, 0.9); at KL 0.5: curve 0.4 + 0.5/3, frontier chord 0.5 + 0.5/3 -> gap 0.1
+    assert A.chord_gap([0.25, 1.0], [0.4, 0.9], f_kl, f_win, 0.5) == pytest.approx(0.1, abs=1e-4)
+    # a point exactly on the frontier has no gap; a target outside the points is not measured
+    assert A.chord_gap([0.0, 1.0], [0.0, 1.0], f_kl, f_win, 0.3) == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(A.chord_gap([0.25, 1.0], [0.4, 0.9], f_kl, f_win, 2.0))
+    assert np.isnan(A.chord_gap([0.25, 5.0], [0.4, 0.9], f_kl, f_win, 1.0))  # beyond the frontier's reach
+
+
+def test_curve_is_win_rate_against_pi_refs_per_prompt_accuracy():
+    p_ref = np.full(20, 0.3)
+    kl, win = A.curve(_run([(0.0, 0.3), (0.2, 0.5)]), p_ref)
+    np.testing.assert_allclose(kl, [0.0, 0.2])
+    np.testing.assert_allclose(win, [0.5, 0.6])  # 1/2 + (acc - p)/2
+
+
+def test_queries_to_reach():
+    run = _run([(0.0, 0.3), (0.1, 0.35), (0.2, 0.5)], queries=16)
+    p_ref = np.full(20, 0.3)
+    assert A.queries_to_reach(run, p_ref, 0.52) == 16.0 and A.queries_to_reach(run, p_ref, 0.6) == 32.0
+    assert np.isnan(A.queries_to_reach(run, p_ref, 0.7))
+
+
+def test_matched_kl_rule_prefers_the_curve_closer_to_the_frontier():
+    ref = np.tile(np.array([1] * 3 + [0] * 7), (20, 1)).astype(float)  # p = 0.3 on every prompt
+    slow = _run([(0.0, 0.3), (0.05, 0.32), (0.3, 0.40)])     # moves far, gains little
+    good = _run([(0.0, 0.3), (0.05, 0.36), (0.3, 0.55)])     # the same KLs, more accuracy
+    lr, table = A.choose_lr({1e-3: slow, 3e-4: good}, ref, [0.05, 0.2])
+    assert lr == 3e-4 and all(a > b for a, b in zip(table[1e-3], table[3e-4]))
+    # no common target: the candidate spanning more of them wins
+    short = _run([(0.0, 0.3), (0.02, 0.31)])
+    assert A.choose_lr({1e-3: short, 3e-4: slow}, ref, [0.05, 0.2])[0] == 3e-4
+
+
+def test_paired_bootstrap_calls_ties_and_differences():
+    rng = np.random.default_rng(0)
+    ref = (rng.random((40, 32)) < 0.3).astype(float)
+    base = _run([(0.0, 0.3), (0.1, 0.4), (0.3, 0.5)], x=40)
+    tied = A.paired_bootstrap([base], [base], ref, [0.2], num=100)[0]
+    assert tied["diff"] == 0.0 and tied["verdict"] == "tied"
+    worse = _run([(0.0, 0.3), (0.1, 0.3), (0.3, 0.3)], x=40)
+    behind = A.paired_bootstrap([worse], [base], ref, [0.2], num=100)[0]
+    assert behind["verdict"] == "behind" and behind["lo"] > 0 and behind["diff"] == pytest.approx(0.075, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_quick_comparison_end_to_end(smollm2_gguf, tmp_path):
+    """--quick with two methods: every run evaluated after each iteration at equal queries, the tables written
+    from the JSON alone (--report gives the same report)."""
+    from benchmarks.real_frontier.__main__ import main
+    out = tmp_path / "rf"
+    res = main(["--quick", "--methods", "wind_sq,sppo", "--model", smollm2_gguf, "--out_dir", str(out)])
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in saved["runs"]] == ["wind_sq", "sppo"]
+    for r in saved["runs"]:
+        assert [c["counts/queries"] for c in r["curve"]] == [0, 10, 20]
+        assert np.asarray(r["correct"]).shape == (3, 16, 1) and np.isfinite(np.asarray(r["kl"])).all()
+    assert np.asarray(saved["reference"]["test"]).shape == (16, 32)
+    report = (out / "report.md").read_text()
+    assert "| wind_sq |" in report and "| sppo |" in report
+    main(["--report", str(out / "results.json")])
+    assert (out / "report.md").read_text() == report
+    assert res["chosen_lr"] == {"wind_sq": 3e-4, "sppo": 3e-4}
