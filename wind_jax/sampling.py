@@ -133,12 +133,23 @@ def process_logits(logits: Array, temperature, top_k, top_p) -> Array:
 
 
 def _choose(logits: Array, key: Array, params: DecodeParams) -> tuple[Array, Array]:
-    """(token [R], its log-prob under the sampling distribution [R]; 0 when greedy)."""
-    z = process_logits(logits, params.temperature, params.top_k, params.top_p)
-    sampled = jax.random.categorical(key, z, axis=-1).astype(jnp.int32)
-    tok = jnp.where(params.greedy, jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), tok[:, None], axis=-1)[:, 0]
-    return tok, jnp.where(params.greedy, 0.0, lp)
+    """(token [R], its log-prob under the sampling distribution [R]; 0 when greedy).
+
+    greedy (traced) picks between two branches with lax.cond, so greedy decoding runs only the argmax:
+    drawing the Gumbel noise of `jax.random.categorical` over [R, V] (threefry bits and two logs per
+    logit) and the truncation/log-softmax cost more than a decode step's lm-head matmul on CPU, and the
+    earlier form computed them for greedy too and then discarded them with jnp.where. Both branches give
+    exactly the values the earlier form gave (tests/models/test_sampling.py)."""
+
+    def draw(logits):
+        z = process_logits(logits, params.temperature, params.top_k, params.top_p)
+        tok = jax.random.categorical(key, z, axis=-1).astype(jnp.int32)
+        return tok, jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), tok[:, None], axis=-1)[:, 0]
+
+    def argmax(logits):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), jnp.zeros(logits.shape[:1], jnp.float32)
+
+    return jax.lax.cond(params.greedy, argmax, draw, logits)
 
 
 # ------------------------------------------------------------------------------------------ shardings
