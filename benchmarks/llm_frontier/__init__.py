@@ -7,11 +7,12 @@ Stages (all in one process: equal shapes share compiled programs, and beta / eta
      family by self-normalized reweighting (wind_jax.monte_carlo_frontier.mc_frontier) as a bracket: "upper" tilts and
      evaluates on the same w estimate (biased up by its noise), "lower" tilts on half the opponents and
      evaluates on the other half (a real policy, biased down); best-of-n points under w_ref.
-  2. hyperparameter search: per method, the same grid (--lrs x steps per outer iteration) at its CENTER point
-     on a held-out set-up seed; the (lr, steps) whose final point lies closest below that seed's frontier (among
-     points with KL >= 0.1; a run that does not move is not a result) is kept. Sensitivity (hp_curves): every
-     grid configuration's whole sweep on the held-out seed, its gaps at matched KL; --recheck reruns chosen
-     methods' sweeps on the evaluation seeds at other configurations.
+  2. hyperparameter search: per method, the same grid (--lrs x steps per outer iteration) on a held-out set-up
+     seed: every grid configuration's whole sweep (hp_curves); the matched-KL choice (matched.select_matched:
+     among the configurations reaching the most KL targets, the smallest mean chord gap over the targets all of
+     them reach). The former single-point rule (the CENTER point closest below the frontier, KL >= 0.1) is kept
+     as a report (lr_search); --recheck reruns chosen methods' sweeps on the evaluation seeds at other
+     configurations.
   3. sweep: each method over its own regularizer (SWEEPS: four points each), every seed, at an equal
      preference-QUERY budget per outer iteration (benchmarks/llm_results.py); queries, samples and warm seconds
      needed to reach a win rate within a KL budget are read from each run's per-iteration evaluations.
@@ -23,6 +24,11 @@ Stages (all in one process: equal shapes share compiled programs, and beta / eta
   5. timing: each method's CENTER point once more on the held-out seed, the methods one after another in one
      process (--stage=all), so that warm seconds per iteration compare like with like; "seconds to reach" =
      iterations x that figure (compile excluded).
+
+Gaps at matched KL use the chord rule (matched.py): between a seed's two bracketing sweep points the method is
+their chord and the frontier its own chord between the same KLs. --review applies the review of the first
+comparison (review.py: rescoring of committed results, paired bootstrap intervals against wind_sq, epochs,
+equal-epochs and quarter-iteration runs).
 
 A point above the frontier's upper curve by more than twice the combined standard error is flagged
 ("above_frontier") and printed: it is a bug to report, not a win.
@@ -37,8 +43,9 @@ Runs are compile-dominated on CPU: a method's first run compiles (minutes under 
 Writes <out_dir>/<size>/comparison.json, comparison.md, curves.png, nontransitive.png.
 
 Modules: plan (sweeps, sizes, Plan), evaluation (draws, gold matrices, frontiers), runs (running, reusing,
-set-ups), scoring (points, gaps, resources to reach, summary), search (stages 2-3), nontransitive (stage 4),
-comparison (all stages, timing, output), report (tables), figures; __main__ (the command line).
+set-ups), matched (chord gaps, matched-KL choice, epochs, paired bootstrap), scoring (points, resources to reach,
+summary), search (stages 2-3), nontransitive (stage 4), comparison (all stages, timing, output), report (tables),
+figures, review / review_tables / review_report (the review of the committed comparison); __main__.
 """
 from benchmarks.llm_frontier.comparison import recheck, run_comparison
 from benchmarks.llm_frontier.evaluation import frontier_at, gold_matrix, self_frontier

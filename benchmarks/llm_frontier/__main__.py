@@ -2,6 +2,7 @@
 
     python -m benchmarks.llm_frontier --out_dir outputs/llm_frontier              # everything, one process
     python -m benchmarks.llm_frontier --quick --out_dir /tmp/llm_frontier_quick   # smoke (not a result)
+    python -m benchmarks.llm_frontier --review=docs/figures/llm_frontier/comparison.json --out_dir outputs/llm_frontier
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def parse_plan(argv=None) -> tuple[argparse.Namespace, Plan]:
     p.add_argument("--heldout_seed", type=int, default=100)
     p.add_argument("--recheck", default="", help="method:lr:steps,... rerun these methods' equal-query sweeps at "
                                                  "other hyperparameters and print their gaps (after a comparison)")
+    p.add_argument("--review", default="",
+                   help="a committed comparison.json: apply the review (chord rule, matched-KL choice, epochs, "
+                        "quarter iterations; benchmarks/llm_frontier/review.py), its missing runs made under --out_dir")
     p.add_argument("--reuse_only", action="store_true", help="tables from finished runs only; run nothing new")
     p.add_argument("--stage", default="all", choices=("setup", "runs", "all"),
                    help="setup: set-ups and frontiers; runs: also the lr search and sweeps of --methods (run "
@@ -48,6 +52,10 @@ def parse_plan(argv=None) -> tuple[argparse.Namespace, Plan]:
 
 def main(argv=None):
     a, plan = parse_plan(argv)
+    if a.review:
+        from benchmarks.llm_frontier.review import run_review
+        run_review(a.review, a.out_dir, plan)
+        return
     if a.recheck:
         items = [item.split(":") for item in a.recheck.split(",") if item.strip()]
         if any(len(i) != 3 or i[0] not in SWEEPS for i in items):

@@ -13,7 +13,8 @@ from benchmarks.llm_frontier.nontransitive import nontransitive_setups, run_nont
 from benchmarks.llm_frontier.plan import KL_TARGETS, NONTRANSITIVE, SIZES, SWEEPS, Plan, hp_key, middle
 from benchmarks.llm_frontier.report import format_results
 from benchmarks.llm_frontier.runs import Runs, reference_frontier, run
-from benchmarks.llm_frontier.scoring import curve_gaps, point, summarize
+from benchmarks.llm_frontier.matched import chord_gaps
+from benchmarks.llm_frontier.scoring import point, summarize
 
 
 def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
@@ -41,8 +42,9 @@ def run_comparison(out_dir: str, plan: Plan = Plan(), log=print) -> dict:
 
     # 2. learning rate x steps per iteration per method on the held-out seed; 2b. sensitivity of that choice
     chosen, res["lr_search"] = search.search_hp(runs)
-    if plan.hp_curves:
+    if plan.hp_curves:   # the matched-KL choice from every configuration's held-out sweep
         res["hp_curves"] = search.hp_curves(runs, chosen)
+        chosen = search.matched_chosen(res["hp_curves"], chosen)
     # 3. the sweeps, every seed, at an equal query budget (and, for plan.budgets, other equal budgets)
     for budget in plan.budgets:
         res["sweep" if budget == "queries" else f"sweep_{budget}"] = search.sweep(runs, chosen, budget)
@@ -112,8 +114,8 @@ def recheck(out_dir: str, overrides: dict, plan: Plan = Plan(), log=print) -> di
         for s in plan.seeds:
             fr, setup = reference_frontier(root, s, size, plan)
             pts = [point(run(root, m, s, size, setup, hp, over, label=label), fr) for label, over in SWEEPS[m]]
-            for t, g in curve_gaps(pts, fr).items():
-                gaps.setdefault(t, []).append(g["gap_upper"])
+            for t, g in chord_gaps(pts, fr).items():
+                gaps.setdefault(t, []).append(g["gap"])
         out[m] = {"hp": hp_key(hp), "gaps": {t: R.mean_spread(v) for t, v in gaps.items()}}
         log(f"[llm_frontier] recheck {m} at {hp_key(hp)}: " + ", ".join(
             f"KL {t}: {d['mean']:+.3f} ± {d['sd']:.3f} (n={d['n']})" for t, d in out[m]["gaps"].items()))

@@ -87,6 +87,12 @@ def hp_key(hp: tuple[float, int]) -> str:
     return f"lr={hp[0]:g} k={hp[1]}"
 
 
+def parse_hp(key: str) -> tuple[float, int]:
+    """hp_key's inverse: "lr=0.003 k=8" -> (0.003, 8)."""
+    lr, k = key.split()
+    return float(lr.split("=")[1]), int(k.split("=")[1])
+
+
 def run_name(method: str, label: str, lr: float, steps: int, default_steps: int) -> str:
     """Run directory name; the steps per iteration appear only when they differ from the size's default."""
     k = "" if steps == default_steps else f"_k{steps}"

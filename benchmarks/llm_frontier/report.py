@@ -13,7 +13,7 @@ from benchmarks.llm_frontier.plan import KL_TARGETS, hp_key
 from benchmarks.llm_frontier.scoring import RESOURCES
 
 
-def _ms(d, k="gap_upper", f="{:+.3f}"):
+def _ms(d, k="gap", f="{:+.3f}"):
     s = d[k]
     return (f + " ± {:.3f}").format(s["mean"], s["sd"]) + f" (n={s['n']})"
 
@@ -61,8 +61,9 @@ def format_results(res: dict) -> str:
                     if d else "unfinished"
                 cells.append(cell + (" *" if g == res["lr_search"][m]["chosen"] else ""))
             out.append(f"| {m} | " + " | ".join(cells) + " |")
-    out.append("\nGap below the frontier at matched KL (upper-curve gap, mean ± sd over seeds whose curve reaches "
-               "that KL; positive = below), equal preference queries per iteration\n")
+    out.append("\nGap below the frontier at matched KL (chord rule: the method's chord between a seed's bracketing "
+               "sweep points minus the frontier's chord between the same KLs; upper curve; mean ± sd (ddof 1) over "
+               "seeds whose sweep reaches that KL; positive = below), equal preference queries per iteration\n")
     out.append("| method | KL range | " + " | ".join(f"gap @ KL {t:g}" for t in KL_TARGETS)
                + " | queries / run | samples / run | s / warm iteration (timing pass) | above frontier |")
     out.append("|---|---|" + "---|" * (len(KL_TARGETS) + 4))
@@ -94,8 +95,8 @@ def format_results(res: dict) -> str:
     out.append("|---|" + "---|" * len(KL_TARGETS))
     for m, d in res["summary"].items():
         g = d["equal_time_gaps"]
-        out.append(f"| {m} | " + " | ".join(f"{g[str(t)]['mean']:+.3f} ± {g[str(t)]['sd']:.3f} (n={g[str(t)]['n']})"
-                                           if str(t) in g else "not reached" for t in KL_TARGETS) + " |")
+        out.append(f"| {m} | " + " | ".join(_ms(g[str(t)]) if str(t) in g else "not reached" for t in KL_TARGETS)
+                   + " |")
     units = {"queries": "queries", "samples": "samples",
              "seconds": "seconds (iterations x the method's warm s / iteration of the timing pass: its CENTER point "
                         f"on the held-out seed, all methods one after another in one process; {tm.get('load_at_start')}"

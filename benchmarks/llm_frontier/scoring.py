@@ -82,35 +82,48 @@ def choose_hp(per_hp: dict) -> object:
     return max(per_hp, key=lambda hp: per_hp[hp]["kl"])
 
 
+def _spread(v: list[dict]) -> dict:
+    """Per-target statistics of the seeds' chord gaps: mean ± sd (ddof=1) of the gap against the upper and
+    lower curves, the method's chord win rate and the linear-rule gap; the widest bracket (kl_hi / kl_lo),
+    how many brackets reach beyond the frontier's KL range, the per-seed values (paired intervals)."""
+    return {"n": len(v), **{k: R.mean_spread([g[k] for g in v]) for k in ("gap", "gap_lower", "win_rate",
+                                                                          "linear_gap")},
+            "max_spacing": max(g["spacing"] for g in v), "clamped": sum(g["clamped"] for g in v),
+            "per_seed": {g["seed"]: {"gap": g["gap"], "gap_se": g["gap_se"]} for g in v}}
+
+
 def summarize(res: dict, plan, key: str = "sweep") -> dict:
-    """Per method of res[key]: gaps at each KL target (mean, sd over the seeds whose curve reaches it),
-    above-frontier flags, queries / samples / seconds to reach each win target at the KL budget, per-run counts."""
+    """Per method of res[key]: chord-rule gaps at each KL target (matched.chord_gaps; mean, sd over the seeds
+    whose sweep reaches it), above-frontier flags, queries / samples / seconds to reach each win target at the
+    KL budget, the same gaps at equal seconds, per-run counts. res["timing"][m]: warm s per iteration."""
+    from benchmarks.llm_frontier.matched import chord_gaps
     out = {}
     for m, by_label in res[key].items():
-        gaps, reach = {}, {r: {} for r in RESOURCES}
+        gaps, time_gaps, reach = {}, {}, {r: {} for r in RESOURCES}
         allp = [p for pts in by_label.values() for p in pts.values()]
         sec = res.get("timing", {}).get(m, float("nan"))
         flags = [(lab, s, p["kl"], p["win_rate"], p["margin"]) for lab, pts in by_label.items()
                  for s, p in pts.items() if p["above_frontier"]]
-        time_gaps = {}
-        for s in map(str, plan.seeds):
+        for s in map(str, plan["seeds"] if isinstance(plan, dict) else plan.seeds):
             pts = [by_label[lab][s] for lab in by_label if s in by_label[lab]]
-            for t, g in curve_gaps(pts, res["frontiers"][s]).items():
-                gaps.setdefault(t, []).append(g)
+            for t, g in chord_gaps(pts, res["frontiers"][s]).items():
+                gaps.setdefault(t, []).append({**g, "seed": s})
             cut = [at_budget(p, "seconds", res["second_budget"], sec) for p in pts]
-            for t, g in curve_gaps(cut, res["frontiers"][s]).items():
-                time_gaps.setdefault(t, []).append(g)
+            for t, g in chord_gaps(cut, res["frontiers"][s]).items():
+                time_gaps.setdefault(t, []).append({**g, "seed": s})
             for r in RESOURCES:
-                for wt in plan.win_targets:
-                    reach[r].setdefault(str(wt), []).append(cost_to_reach(pts, wt, plan.kl_budget, r, sec))
+                for wt in _get(plan, "win_targets"):
+                    reach[r].setdefault(str(wt), []).append(cost_to_reach(pts, wt, _get(plan, "kl_budget"), r, sec))
         out[m] = {
-            "gaps": {t: {"n": len(v), **{k: R.mean_spread([g[k] for g in v]) for k in ("gap_upper", "gap_lower",
-                                                                                      "win_rate")}}
-                     for t, v in gaps.items()},
-            "to_reach": reach, "above_frontier": flags,
-            "equal_time_gaps": {t: R.mean_spread([g["gap_upper"] for g in v]) for t, v in time_gaps.items()},
+            "gaps": {t: _spread(v) for t, v in gaps.items()}, "to_reach": reach, "above_frontier": flags,
+            "equal_time_gaps": {t: _spread(v) for t, v in time_gaps.items()},
             "queries_per_run": R.mean_spread([p["queries"] for p in allp]),
             "samples_per_run": R.mean_spread([p["samples"] for p in allp]),
             "sec_per_iter": sec,
             "kl_range": [min(p["kl"] for p in allp), max(p["kl"] for p in allp)]}
     return out
+
+
+def _get(plan, name):
+    """A Plan field, from the Plan or from its dict in a results file."""
+    return plan[name] if isinstance(plan, dict) else getattr(plan, name)

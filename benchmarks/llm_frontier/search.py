@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.llm_frontier.plan import SWEEPS, hp_key, middle
+from benchmarks.llm_frontier.plan import SWEEPS, hp_key, middle, parse_hp
 from benchmarks.llm_frontier.runs import Runs, claim
-from benchmarks.llm_frontier.scoring import choose_hp, curve_gaps, point
+from benchmarks.llm_frontier.matched import chord_gaps, select_matched
+from benchmarks.llm_frontier.scoring import choose_hp, point
 
 
 def grid(plan) -> list[tuple[float, int]]:
@@ -43,8 +44,8 @@ def search_hp(runs: Runs) -> tuple[dict, dict]:
 
 
 def hp_curves(runs: Runs, chosen: dict) -> dict:
-    """Sensitivity of the choice: every grid configuration's whole sweep on the held-out seed, its curve's
-    gaps at matched KL (what a matched-KL selection rule would compare) and KL range."""
+    """Every grid configuration's whole sweep on the held-out seed: its points (KL, win rate, SE), its chord-rule
+    gaps at matched KL (what the matched-KL choice compares, matched.select_matched) and KL range."""
     s = runs.plan.heldout_seed
     out = {}
     for m in chosen:
@@ -53,7 +54,8 @@ def hp_curves(runs: Runs, chosen: dict) -> dict:
             pts = [runs.run(m, s, hp, over, label=label) for label, over in SWEEPS[m]]
             pts = [point(r, runs.frontier(s)) for r in pts if r is not None]
             if len(pts) == len(SWEEPS[m]):
-                per[hp_key(hp)] = {"gaps": {t: g["gap_upper"] for t, g in curve_gaps(pts, runs.frontier(s)).items()},
+                per[hp_key(hp)] = {"gaps": {t: g["gap"] for t, g in chord_gaps(pts, runs.frontier(s)).items()},
+                                   "points": [{k: p[k] for k in ("kl", "win_rate", "win_rate_se")} for p in pts],
                                    "kl_range": [min(p["kl"] for p in pts), max(p["kl"] for p in pts)]}
         out[m] = per
     return out
@@ -84,3 +86,19 @@ def sweep(runs: Runs, chosen: dict, budget: str) -> dict:
             log(f"[llm_frontier] {m}: no finished {budget} sweep run; left out")
             del out[m]
     return out
+
+
+def matched_chosen(curves: dict, single_point: dict) -> dict:
+    """{method: (lr, steps)}: the matched-KL choice (matched.select_matched) from hp_curves' gaps; the
+    single-point choice where no configuration's curve reaches a KL target."""
+    out = {}
+    for m, hp in single_point.items():
+        per = {c: {float(t): g for t, g in d["gaps"].items()} for c, d in curves.get(m, {}).items()}
+        key, _ = select_matched(per, fallback=hp_key(hp))
+        out[m] = next(h for h in grid_of(curves, m, hp) if hp_key(h) == key)
+    return out
+
+
+def grid_of(curves: dict, m: str, hp) -> list:
+    """(lr, steps) tuples of m's held-out curves, and the single-point choice."""
+    return [parse_hp(c) for c in curves.get(m, {})] + [hp]

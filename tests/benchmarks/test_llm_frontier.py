@@ -137,3 +137,74 @@ def test_command_line_plans():
         main(["--recheck=dpo:0.001"])
     with pytest.raises(ValueError, match="no sweep"):
         LF.run_comparison("/nonexistent", LF.Plan(methods=("rlhf",)))
+
+
+def _concave_frontier():
+    # F(k) = 0.5 + 0.1 sqrt(k) on a fine grid (concave), SE 0.001; lower curve 0.01 below
+    kl = [i / 100 for i in range(0, 401)]
+    f = {"kl": kl, "win_rate": [0.5 + 0.1 * k ** 0.5 for k in kl], "win_rate_se": [0.001] * len(kl)}
+    return {"upper": f, "lower": {**f, "win_rate": [w - 0.01 for w in f["win_rate"]]}}
+
+
+def test_chord_gap_on_a_concave_frontier():
+    from benchmarks.llm_frontier.matched import chord_gap, chord_gaps
+    fr = _concave_frontier()
+    # two points exactly ON the frontier at KL 0.25 and 4 (win 0.55, 0.70): the chord rule gives gap 0 at KL 1
+    pts = [{"kl": 0.25, "win_rate": 0.55, "win_rate_se": 0.01}, {"kl": 4.0, "win_rate": 0.70, "win_rate_se": 0.01}]
+    g = chord_gap(pts, fr, 1.0)
+    assert g["gap"] == pytest.approx(0.0, abs=1e-9)
+    # the linear rule compares the chord (0.55 + 0.15 * 0.75 / 3.75 = 0.58) with F(1) = 0.6: a spurious 0.02
+    assert g["win_rate"] == pytest.approx(0.58) and g["linear_gap"] == pytest.approx(0.02)
+    assert g["spacing"] == pytest.approx(16.0) and not g["clamped"]
+    assert g["gap_se"] == pytest.approx(math.hypot(0.8 * 0.01, 0.2 * 0.01))
+    # points 0.01 and 0.03 below the frontier: the gap is their interpolation, 0.8 * 0.01 + 0.2 * 0.03 = 0.014
+    below = [{"kl": 0.25, "win_rate": 0.54}, {"kl": 4.0, "win_rate": 0.67}]
+    gs = chord_gaps(below, fr, targets=(0.1, 1.0, 5.0))
+    assert list(gs) == ["1.0"] and gs["1.0"]["gap"] == pytest.approx(0.014)
+    assert gs["1.0"]["gap_lower"] == pytest.approx(0.004)
+    # a point exactly at the target: its own gap; beyond the frontier's KL range: its last value, flagged
+    assert chord_gap([{"kl": 1.0, "win_rate": 0.59}], fr, 1.0)["gap"] == pytest.approx(0.01)
+    far = chord_gap([{"kl": 1.0, "win_rate": 0.59}, {"kl": 9.0, "win_rate": 0.69}], fr, 2.0)
+    assert far["clamped"] and far["gap"] == pytest.approx(7 / 8 * 0.01 + 1 / 8 * 0.01)
+
+
+def test_matched_kl_choice_on_hand_made_curves():
+    from benchmarks.llm_frontier.matched import select_matched
+    curves = {"a": {0.5: 0.02},                            # best gap, but reaches one target only
+              "b": {0.5: 0.05, 1.0: 0.05, 2.0: 0.06},      # mean 0.0533
+              "c": {1.0: 0.03, 2.0: 0.05, 0.25: 0.04},     # mean 0.04 over its own, but compared on {1, 2}: 0.04
+              "d": {0.5: 0.04, 1.0: 0.04, 2.0: 0.08}}      # mean 0.0533
+    best, rep = select_matched(curves)
+    # candidates reach 3 targets (b, c, d); compared on what all of them reach, {1, 2}: b 0.055, c 0.04, d 0.06
+    assert best == "c" and rep["targets"] == [1.0, 2.0] and rep["means"]["c"] == pytest.approx(0.04)
+    assert "a" not in rep["means"] and rep["reached"]["a"] == 1
+    assert select_matched({"x": {}, "y": {}}, fallback="x")[0] == "x"   # nothing reached: the fallback
+
+
+def test_paired_bootstrap_verdicts():
+    from benchmarks.llm_frontier.matched import paired_bootstrap
+    ahead = paired_bootstrap([-0.03, -0.02, -0.025], [0.002] * 3)
+    assert ahead["verdict"] == "ahead" and ahead["hi"] < 0 and ahead["mean"] == pytest.approx(-0.025)
+    assert -0.032 < ahead["lo"] < -0.028   # about the smallest difference: 3 seeds give about their range
+    assert paired_bootstrap([0.02, 0.03, 0.01], [0.001] * 3)["verdict"] == "behind"
+    assert paired_bootstrap([-0.02, 0.01, 0.005], [0.001] * 3)["verdict"] == "tied"   # signs disagree
+    assert paired_bootstrap([-0.02, -0.02, -0.02], [0.05] * 3)["verdict"] == "tied"  # within evaluation noise
+    assert paired_bootstrap([-0.03, -0.03], [0.0] * 2)["verdict"] == "too few seeds"
+    assert paired_bootstrap([], [])["n"] == 0
+
+
+def test_epochs_count_passes_over_own_rows():
+    from benchmarks.llm_frontier.matched import epochs, rows_per_prompt
+    assert rows_per_prompt("wind_sq") == 2 and rows_per_prompt("wind_kl") == 1 and rows_per_prompt("sppo") == 1
+    assert epochs("wind_sq", 64, 8, 64)["epochs"] == 4.0       # 128 rows, minibatches of 64
+    assert epochs("sppo", 6, 16, 64) == {"rows": 6, "minibatch": 6, "steps": 16, "epochs": 16.0}
+
+
+def test_pipeline_takes_the_matched_kl_choice():
+    from benchmarks.llm_frontier.search import matched_chosen
+    curves = {"dpo": {"lr=0.001 k=8": {"gaps": {"0.5": 0.03, "1.0": 0.05}},
+                      "lr=0.001 k=16": {"gaps": {"0.5": 0.02, "1.0": 0.04}},
+                      "lr=0.003 k=8": {"gaps": {"1.0": 0.01}}},
+              "sppo": {"lr=0.001 k=8": {"gaps": {}}}}
+    chosen = matched_chosen(curves, {"dpo": (1e-3, 8), "sppo": (3e-3, 16)})
+    assert chosen == {"dpo": (1e-3, 16), "sppo": (3e-3, 16)}   # sppo: no curve reaches a target, kept
