@@ -82,6 +82,7 @@ class SamplingSettings:
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int = 0
     cache_dtype: str | None = None
+    unstack_layers: bool = False
 
     def __post_init__(self):
         if not isinstance(self.num_samples, int) or self.num_samples < 1:
@@ -190,6 +191,7 @@ def _generate(graphdef, state, prompts, prompt_mask, key, params: DecodeParams, 
              "index": cache["index"]}
     cache = _constrain(cache, cache_specs(mesh, cache), mesh)
     eos = jnp.asarray(settings.eos_token_id, jnp.int32)
+    layers = model.unstacked_layers() if settings.unstack_layers else None  # sliced once, before the loop
 
     def cond(carry):
         step, _, _, _, _, done, _, _ = carry
@@ -208,7 +210,7 @@ def _generate(graphdef, state, prompts, prompt_mask, key, params: DecodeParams, 
         slp_sum = slp_sum + jnp.where(alive, slp, 0.0)
         if settings.eos_token_id:
             done = done | (alive & jnp.any(tok[:, None] == eos[None, :], axis=-1))
-        logits, cache = model(tok[:, None], attention_mask=alive[:, None], cache=cache)
+        logits, cache = model(tok[:, None], attention_mask=alive[:, None], cache=cache, layers=layers)
         cache = _constrain(cache, cache_specs(mesh, cache), mesh)
         return step + 1, cache, logits[:, -1], out_tok, out_mask, done, lp_sum, slp_sum
 
@@ -261,8 +263,8 @@ def _check_prompts(prompt_tokens, prompt_mask):
 def sample_state(graphdef, state, prompt_tokens: Array, prompt_mask: Array | None, key: Array, *,
                  num_samples: int = 1, max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, greedy: bool = False, eos_token_id: int | Sequence[int] | None = None,
-                 pad_token_id: int = 0, cache_dtype: str | None = None, mesh: Mesh | None = None
-                 ) -> SampleOutput:
+                 pad_token_id: int = 0, cache_dtype: str | None = None, mesh: Mesh | None = None,
+                 unstack_layers: bool = False) -> SampleOutput:
     """`sample` on a split model (graphdef, state), e.g. a state already sharded on `mesh`."""
     model = nnx.merge(graphdef, state)  # no copy: only to read and check the config
     if not isinstance(model, Transformer):
@@ -279,7 +281,8 @@ def sample_state(graphdef, state, prompt_tokens: Array, prompt_mask: Array | Non
                          f"max_position_embeddings {config.max_position_embeddings}")
     params = decode_params(float(temperature), top_k, float(top_p), bool(greedy))
     settings = SamplingSettings(num_samples=num_samples, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                pad_token_id=int(pad_token_id), cache_dtype=cache_dtype)
+                                pad_token_id=int(pad_token_id), cache_dtype=cache_dtype,
+                                unstack_layers=bool(unstack_layers))
     if mesh is None:
         return _generate_jit(graphdef, state, prompt_tokens, prompt_mask, key, params, settings, None)
     rows = lambda x: jax.device_put(x, NamedSharding(mesh, _rows_spec(mesh, x.shape)))  # noqa: E731
@@ -291,15 +294,23 @@ def sample_state(graphdef, state, prompt_tokens: Array, prompt_mask: Array | Non
 def sample(model: Transformer, prompt_tokens: Array, prompt_mask: Array | None, key: Array, *,
            num_samples: int = 1, max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, greedy: bool = False, eos_token_id: int | Sequence[int] | None = None,
-           pad_token_id: int = 0, cache_dtype: str | None = None, mesh: Mesh | None = None) -> SampleOutput:
-    """Draw `num_samples` continuations per left-padded prompt; see the module docstring for outputs."""
+           pad_token_id: int = 0, cache_dtype: str | None = None, mesh: Mesh | None = None,
+           unstack_layers: bool = False) -> SampleOutput:
+    """Draw `num_samples` continuations per left-padded prompt; see the module docstring for outputs.
+
+    unstack_layers=True (opt-in, off by default): the decode loop runs the layers as a Python loop over
+    per-layer weights sliced once before it (Transformer.unstacked_layers) instead of the lax.scan over
+    the stacked weights, which on XLA:CPU copies every layer's weights (dynamic-slice) at every decode
+    step. Same math, different fusion: logits differ by float rounding (tests/models/
+    test_sampling_unstacked.py bounds it), so the default keeps the scan's exact numbers; compilation
+    takes longer (num_layers copies of the layer in the program)."""
     if not isinstance(model, Transformer):
         raise ValueError(f"sample: model must be a wind_jax Transformer, got {type(model).__name__}")
     graphdef, state = nnx.split(model)
     return sample_state(graphdef, state, prompt_tokens, prompt_mask, key, num_samples=num_samples,
                         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         greedy=greedy, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                        cache_dtype=cache_dtype, mesh=mesh)
+                        cache_dtype=cache_dtype, mesh=mesh, unstack_layers=unstack_layers)
 
 
 # ------------------------------------------------------------------------------------------ decode step

@@ -289,7 +289,7 @@ class Transformer(nnx.Module):
         }
 
     # ---------------------------------------------------------------- forward
-    def _backbone(self, tokens, positions, attention_mask, cache):
+    def _backbone(self, tokens, positions, attention_mask, cache, layers=None):
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
@@ -322,7 +322,7 @@ class Transformer(nnx.Module):
         if self.config.has_local_rope:
             rope = (*rope, *rope_cos_sin(positions, self.config, local=True))
         x = self.embed(tokens)
-        x, kv = self._run_layers(x, rope, mask, kv, write_index)
+        x, kv = self._run_layers(x, rope, mask, kv, write_index, layers)
         x = self.final_norm(x)
         new_cache = None
         if cache is not None:
@@ -330,8 +330,18 @@ class Transformer(nnx.Module):
                          "index": (write_index + t).astype(jnp.int32)}
         return x, new_cache
 
-    def _run_layers(self, x, rope, mask, kv, write_index):
+    def unstacked_layers(self) -> list:
+        """The stacked layer parameters as num_layers separate per-layer states (copies), for `layers=`.
+
+        Why: inside lax.scan (or a loop with static indices) XLA:CPU materializes every layer's weights
+        with a dynamic-slice copy before each matmul, at every call; a decode loop that slices them ONCE
+        before it (wind_jax.sampling, unstack_layers=True) reads the weights in place at each step."""
+        _, params = nnx.split(self.layers)
+        return [jax.tree.map(lambda p, i=i: p[i], params) for i in range(self.config.num_layers)]
+
+    def _run_layers(self, x, rope, mask, kv, write_index, layers=None):
         """The stacked layers over x: one lax.scan (config.scan_layers) or a Python loop, with remat.
+        layers (from `unstacked_layers`): per-layer parameter states run as a Python loop instead.
 
         rope: (cos, sin) or, with a local RoPE, (cos, sin, cos_local, sin_local). When local and global
         layers mix, the scan also carries a per-layer bool `is_local` that picks the mask and the tables;
@@ -359,7 +369,13 @@ class Transformer(nnx.Module):
             one_layer = jax.checkpoint(one_layer, policy=remat_policy(c.remat), prevent_cse=not c.scan_layers)
         carry = (x, kv)
         per_layer = (jnp.asarray(types),) if mixed else ()
-        if c.scan_layers:
+        if layers is not None:
+            if len(layers) != c.num_layers:
+                raise ValueError(f"layers: {len(layers)} per-layer states for {c.num_layers} layers")
+            for i, layer_params in enumerate(layers):
+                xs = (jnp.asarray(i), *(jnp.asarray(types[i]) for _ in per_layer), layer_params)
+                carry, _ = one_layer(carry, xs)
+        elif c.scan_layers:
             carry, _ = jax.lax.scan(one_layer, carry, (jnp.arange(c.num_layers), *per_layer, params))
         else:
             for i in range(c.num_layers):
@@ -377,11 +393,11 @@ class Transformer(nnx.Module):
         return soft_cap(logits, self.config.final_logit_softcap)
 
     def __call__(self, tokens: Array, *, positions: Array | None = None, attention_mask: Array | None = None,
-                 cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+                 cache: KVCache | None = None, layers: list | None = None) -> tuple[Array, KVCache | None]:
         """tokens [B,T] int32; attention_mask [B,T] bool (True = real token); positions default to the
         count of real tokens before each one (so left/right padding does not shift RoPE). With a cache the
         tokens are written at slots [cache.index, cache.index + T) and attend to all earlier real slots."""
-        h, new_cache = self._backbone(tokens, positions, attention_mask, cache)
+        h, new_cache = self._backbone(tokens, positions, attention_mask, cache, layers)
         return self.logits_from_hidden(h), new_cache
 
     def hidden(self, tokens: Array, *, positions: Array | None = None,
