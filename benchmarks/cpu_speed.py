@@ -18,7 +18,8 @@ wind_jax.train.tasks.load_llm, transformers through `from_pretrained(gguf_file=.
     continuations part).
     `--legacy_greedy` also times the sampler with the former greedy path (the Gumbel draw of
     jax.random.categorical over [rows, vocab] computed and discarded at every step), for the before/after
-    ratio of the lax.cond in wind_jax.sampling._choose.
+    ratio of the lax.cond in wind_jax.sampling._choose. `--unstack` also times `unstack_layers=True` (the
+    decode loop over per-layer weights sliced once, instead of the scan over the stacked layers).
 (b) train: one DPO policy step (chosen + rejected, full fine-tuning of every weight, AdamW, gradient
     clipping at 1) on `--train_batch` pairs of the same prompts + 8 response tokens: wind_jax's
     jit_policy_step against the same step written by hand in PyTorch the way TRL's DPOTrainer computes it
@@ -273,6 +274,7 @@ def main(argv=None):
     p.add_argument("--new_tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--legacy_greedy", action="store_true", help="also time the former greedy path")
+    p.add_argument("--unstack", action="store_true", help="also time sample(..., unstack_layers=True)")
     p.add_argument("--train_batch", type=int, default=16, help="DPO pairs per training step")
     p.add_argument("--train_response", type=int, default=8, help="response tokens per row")
     p.add_argument("--quick", action="store_true", help="smoke run: batch 4, 8 new tokens, 1 round, small loop")
@@ -289,7 +291,8 @@ def main(argv=None):
         cfg, model, tok, hf = load_models()
         if "sampler" in parts:
             out["sampler"] = bench_sampler(model, tok, hf, [int(b) for b in a.batches.split(",")], a.new_tokens,
-                                           a.rounds, legacy=a.legacy_greedy)
+                                           a.rounds, legacy=a.legacy_greedy,
+                                           variants={"unstacked": {"unstack_layers": True}} if a.unstack else None)
         if "train" in parts:
             out["train"] = bench_train(model, tok, hf, a.train_batch, a.train_response, a.rounds)
         del model, hf

@@ -45,7 +45,10 @@ Protocol (one process, the methods one after the other):
   --eval_prompts held-out prompts (--eval_split, default test) with the project's JAX sampler (temperature 1,
   one key shared by the policies), against pi_ref's replies on the same prompts (another key): accuracy,
   gold win rate vs pi_ref = 1/2 + (acc - acc_ref)/2 per prompt, KL(pi || pi_ref) = E_pi[log pi - log pi_ref]
-  (log pi from the sampler, log pi_ref from one forward of pi_ref); standard errors over prompts.
+  (log pi from the sampler, log pi_ref from one forward of pi_ref); standard errors over prompts. pi_ref's
+  per-prompt accuracy comes from --frontier_samples replies, which also give the optimal frontier
+  (benchmarks.real_frontier.analysis.frontier, Monte Carlo); gap_below_frontier = frontier(KL) - win rate at
+  the policy's own KL (one point per method, so gaps at different KLs: read them with the KLs).
 
 Remaining differences between TRL and the loop (besides the framework, PyTorch eager vs jitted JAX):
 - TRL samples each step's P/S prompts from the current policy (on-policy at every step); the loop samples the
@@ -376,7 +379,7 @@ def _print_row(name: str, r: dict):
     print(f"{name:15s} s/iter {m['total']:6.1f} (sampling {m['sampling']:5.1f} judging {m['judging']:5.2f} "
           f"logprobs {m['logprobs']:5.1f} training {m['training']:5.1f})  queries {r['queries']:4d}  "
           f"acc {e['accuracy']:.3f} +- {e['accuracy_se']:.3f}  win {e['win_rate']:.3f} +- {e['win_rate_se']:.3f}  "
-          f"KL {e['kl']:.4f} +- {e['kl_se']:.4f}", flush=True)
+          f"KL {e['kl']:.4f} +- {e['kl_se']:.4f}  gap below the frontier {e['gap_below_frontier']:+.3f}", flush=True)
 
 
 def parse_args(argv=None):
@@ -395,13 +398,15 @@ def parse_args(argv=None):
     ap.add_argument("--eval_split", default="test", choices=("validation", "test"))
     ap.add_argument("--eval_prompts", type=int, default=64)
     ap.add_argument("--eval_samples", type=int, default=4)
+    ap.add_argument("--frontier_samples", type=int, default=32, help="pi_ref replies per evaluation prompt: its "
+                    "per-prompt accuracy (win rates) and the optimal frontier (gaps)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out_dir", default="", help="work folder (default: a temporary folder, removed)")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
     if args.quick:
         args.iterations, args.prompts, args.steps, args.train_prompts = 1, 8, 2, 64
-        args.eval_prompts, args.eval_samples = 8, 2
+        args.eval_prompts, args.eval_samples, args.frontier_samples = 8, 2, 8
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if set(args.methods) - set(METHODS) or not args.methods:
         ap.error(f"--methods: known {METHODS}, got {args.methods}")
@@ -419,6 +424,7 @@ def main(argv=None) -> dict:
     import transformers
     import trl
 
+    from benchmarks.real_frontier.analysis import frontier
     from wind_jax.train import verifiable as v
     from wind_jax.train.tasks import load_llm
     work = args.out_dir or tempfile.mkdtemp(prefix="trl_side_by_side_")
@@ -444,14 +450,20 @@ def main(argv=None) -> dict:
     _, ref_model, ref_tok = load_llm(hf_dir)
     eos = loop_eos(ref_tok)
     eval_problems = v.problems(args.eval_split, args.eval_prompts, seed=args.seed)
-    ref = v.rollout(ref_model, ref_tok, eval_problems, jax.random.key(args.seed + 2), num_samples=args.eval_samples,
-                    max_new_tokens=args.max_new_tokens, eos_token_id=eos)
+    ref = v.rollout(ref_model, ref_tok, eval_problems, jax.random.key(args.seed + 2),
+                    num_samples=args.frontier_samples, max_new_tokens=args.max_new_tokens, eos_token_id=eos)
     acc, acc_se = _mean_se(ref.correct.mean(1))
-    report["reference"] = {"accuracy": acc, "accuracy_se": acc_se, "mean_length": float(ref.lengths.mean())}
+    f_kl, f_win = frontier(ref.correct.astype(np.float64))["mc"]
+    report["reference"] = {"accuracy": acc, "accuracy_se": acc_se, "mean_length": float(ref.lengths.mean()),
+                           "correct": ref.correct.astype(int).tolist()}
     print(f"pi_ref          acc {acc:.3f} +- {acc_se:.3f} on {args.eval_prompts} {args.eval_split} prompts "
-          f"x {args.eval_samples}", flush=True)
+          f"x {args.frontier_samples}", flush=True)
     for m, r in report["methods"].items():
         r["eval"] = evaluate_policy(r["export"], ref_model, ref.correct, eval_problems, args, eos)
+        e = r["eval"]
+        # the gap below the optimal frontier at the policy's own KL (one point per method: no chord to draw)
+        e["frontier_at_kl"] = float(np.interp(e["kl"], f_kl, f_win)) if e["kl"] <= f_kl[-1] else float("nan")
+        e["gap_below_frontier"] = e["frontier_at_kl"] - e["win_rate"]
         _print_row(m, r)
     report["seconds"] = time.perf_counter() - t_start
     if not args.out_dir:

@@ -126,8 +126,8 @@ def main(argv=None) -> dict:
             chosen[m], table = choose_lr(cands, ref_val, targets)
             print(f"[search] {m}: lr {chosen[m]:g} (gaps {table})", flush=True)
     res["chosen_lr"] = chosen
-    for seed in _list(args.seeds, int):
-        for m in methods:
+    for m in methods:  # method-major: a cut-short run keeps every seed of the methods it finished
+        for seed in _list(args.seeds, int):
             _run(res, path, args, m, seed, chosen[m], "test", "runs")
     res.update(seconds=time.perf_counter() - t0, load_at_end=os.getloadavg())
     _save(res, path)

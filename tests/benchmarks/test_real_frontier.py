@@ -1,11 +1,17 @@
 """benchmarks.real_frontier: the chord rule, the matched-KL choice, the paired bootstrap (hand-made data with
 known answers) and the quick comparison end to end on SmolLM2 (slow)."""
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from benchmarks.real_frontier import analysis as A
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(points, x=20, n=10, queries=8):
@@ -66,11 +72,16 @@ def test_paired_bootstrap_calls_ties_and_differences():
 @pytest.mark.slow
 @pytest.mark.interop
 def test_quick_comparison_end_to_end(smollm2_gguf, tmp_path):
-    """--quick with two methods: every run evaluated after each iteration at equal queries, the tables written
-    from the JSON alone (--report gives the same report)."""
+    """--quick with two methods, in its own process on ONE CPU device (under the suite's 8 fake devices the
+    loop's mesh replicates the model eight times: 24 GiB, killed): every run evaluated after each iteration
+    at equal queries, the tables written from the JSON alone (--report gives the same report)."""
     from benchmarks.real_frontier.__main__ import main
     out = tmp_path / "rf"
-    res = main(["--quick", "--methods", "wind_sq,sppo", "--model", smollm2_gguf, "--out_dir", str(out)])
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.real_frontier", "--quick", "--methods", "wind_sq,sppo",
+                           "--model", smollm2_gguf, "--out_dir", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     saved = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in saved["runs"]] == ["wind_sq", "sppo"]
     for r in saved["runs"]:
@@ -81,4 +92,4 @@ def test_quick_comparison_end_to_end(smollm2_gguf, tmp_path):
     assert "| wind_sq |" in report and "| sppo |" in report
     main(["--report", str(out / "results.json")])
     assert (out / "report.md").read_text() == report
-    assert res["chosen_lr"] == {"wind_sq": 3e-4, "sppo": 3e-4}
+    assert saved["chosen_lr"] == {"wind_sq": 3e-4, "sppo": 3e-4}
