@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("trl")
 
 from benchmarks import trl_side_by_side as tsbs  # noqa: E402
+from benchmarks.real_frontier.analysis import frontier  # noqa: E402
 from wind_jax.train import verifiable as v  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -72,8 +74,16 @@ def test_quick_side_by_side(smollm2_gguf, tmp_path):
         assert r["queries"] == duels, name
         assert r["optimizer_steps"] == report["args"]["iterations"] * report["args"]["steps"], name
         assert len(r["per_iteration"]) == report["args"]["iterations"], name
-        numbers = [*r["mean_seconds_per_iteration"].values(), *r["eval"].values()]
-        assert all(math.isfinite(x) for x in numbers), (name, r["mean_seconds_per_iteration"], r["eval"])
+        e = r["eval"]
+        numbers = [*r["mean_seconds_per_iteration"].values(),
+                   *(x for k, x in e.items() if k not in ("frontier_at_kl", "gap_below_frontier"))]
+        assert all(math.isfinite(x) for x in numbers), (name, r["mean_seconds_per_iteration"], e)
+        # the frontier is read only where pi_ref's samples reach the policy's KL (NaN beyond)
+        f_kl, f_win = frontier(np.asarray(report["reference"]["correct"], np.float64))["mc"]
+        if e["kl"] <= f_kl[-1]:
+            assert e["gap_below_frontier"] == pytest.approx(np.interp(e["kl"], f_kl, f_win) - e["win_rate"])
+        else:
+            assert math.isnan(e["gap_below_frontier"])
         assert 0 <= r["eval"]["accuracy"] <= 1 and 0 <= r["eval"]["win_rate"] <= 1
         assert r["eval"]["win_rate"] == pytest.approx(
             0.5 + (r["eval"]["accuracy"] - report["reference"]["accuracy"]) / 2)
