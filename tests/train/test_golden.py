@@ -1,5 +1,6 @@
 """The redesign keeps every number: each loop method (reduced size, 8 fake devices) and each bandit method
-reproduces, bit for bit, the history recorded before it (tests/train/golden_record.py -> tests/train/golden.json).
+reproduces the history recorded before it (bandit: bit for bit; loop: up to the float rounding of the
+CPU, see RTOL) (tests/train/golden_record.py -> tests/train/golden.json).
 Default suite: the methods of the default synthetic run (wind_sq, sppo) and of the bandit study's --quick
 table (wind_sq_offset, sppo_beta); the slow suite: every method."""
 import json
@@ -38,11 +39,48 @@ def _expected_counts(method, P):
             }[method]
 
 
+# XLA:CPU's float rounding depends on the CPU's vector units (the history recorded on one machine differs on
+# an AVX-512 EPYC by ~1e-6 relative in every float, while every sample, count and win rate is the same), so
+# the loop's floats compare to these tolerances; a change of the computation moves them by far more.
+RTOL, ATOL = 1e-4, 1e-5
+# step statistics that count signs of margins: at iteration 1 the margins are rounding noise (~1e-7), so
+# their signs, and these shares, are not reproducible across CPUs
+SIGN_COUNTS = ("train/rewards/accuracies",)
+
+
+def assert_same_history(history: list[dict], golden: list[dict]):
+    """Same records, keys, kinds, counts and strings exactly; floats within RTOL / ATOL (SIGN_COUNTS left out)."""
+    assert len(history) == len(golden)
+    for i, (rec, ref) in enumerate(zip(history, golden)):
+        assert set(rec) == set(ref), (i, set(rec) ^ set(ref))
+        for k, v in rec.items():
+            if isinstance(v, float) and isinstance(ref[k], float):
+                if k not in SIGN_COUNTS:
+                    assert v == pytest.approx(ref[k], rel=RTOL, abs=ATOL), (i, k, v, ref[k])
+            else:
+                assert v == ref[k], (i, k, v, ref[k])
+
+
+def test_history_comparison_catches_a_changed_value():
+    golden = GOLDEN["loop"]["wind_sq"]
+    assert_same_history(golden, golden)
+    moved = [dict(r) for r in golden]
+    step = next(r for r in moved if r["kind"] == "step")
+    step["train/loss"] *= 1.001
+    with pytest.raises(AssertionError):
+        assert_same_history(moved, golden)
+    counted = [dict(r) for r in golden]
+    counted[-1]["counts/queries"] += 1
+    with pytest.raises(AssertionError):
+        assert_same_history(counted, golden)
+
+
 @pytest.mark.parametrize("method", _params(sorted(GOLDEN["loop"]), FAST_LOOP))
 def test_loop_history_is_unchanged(tmp_path, method):
-    """Bit for bit the recorded history (2 iterations x 16 prompts), so also the exact sample / query counts."""
+    """The recorded history (2 iterations x 16 prompts) up to float rounding, and the exact sample / query
+    counts."""
     history = golden_record.loop_history(tmp_path, method)
-    assert history == GOLDEN["loop"][method]
+    assert_same_history(history, GOLDEN["loop"][method])
     samples, queries = _expected_counts(method, 16)
     last = [r for r in history if r["kind"] == "iteration"][-1]
     assert (last["counts/samples"], last["counts/queries"]) == (2 * samples, 2 * queries)
