@@ -480,7 +480,8 @@ def test_sampler_greedy_past_the_window_matches_full_forward():
     np.testing.assert_array_equal(got, seq)
 
 
-@pytest.mark.parametrize("family", ["qwen2", pytest.param("gemma3_text", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
 def test_lora_heads_and_offset_work_for_the_family(tmp_path, family):
     """LoRA (every projection) merges to the same function and exports as the family; the reward and
     preference heads and PolicyWithOffset run on the family's backbone."""

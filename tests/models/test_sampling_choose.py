@@ -1,19 +1,11 @@
 """wind_jax.sampling._choose: the lax.cond on `greedy` gives exactly the values of the former form, which
 computed the Gumbel draw (and the truncation / log-softmax) for greedy decoding too and discarded it."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wind_jax.sampling import _choose, decode_params, process_logits
-
-
-def _former_choose(logits, key, params):
-    z = process_logits(logits, params.temperature, params.top_k, params.top_p)
-    sampled = jax.random.categorical(key, z, axis=-1).astype(jnp.int32)
-    tok = jnp.where(params.greedy, jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), tok[:, None], axis=-1)[:, 0]
-    return tok, jnp.where(params.greedy, 0.0, lp)
+from benchmarks.cpu_speed import _legacy_choose as _former_choose  # the former form, timed there
+from wind_jax.sampling import _choose, decode_params
 
 
 @pytest.mark.parametrize("settings", [dict(greedy=True), dict(temperature=1.0), dict(temperature=0.7),

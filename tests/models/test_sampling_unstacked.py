@@ -12,6 +12,9 @@ from flax import nnx
 from wind_jax.models import LlamaConfig, Transformer
 from wind_jax.sampling import sample
 
+# the opt-in decode path (unstack_layers=True): ~25 s of compilation, so in the slow suite
+pytestmark = pytest.mark.slow
+
 CONFIG = LlamaConfig.tiny(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4,
                           num_kv_heads=2, initializer_range=0.08)
 PROMPTS = np.array([[0, 0, 0, 5, 9, 11], [7, 3, 8, 2, 6, 4]])

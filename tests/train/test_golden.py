@@ -1,7 +1,7 @@
 """The redesign keeps every number: each loop method (reduced size, 8 fake devices) and each bandit method
 reproduces the history recorded before it (bandit: bit for bit; loop: up to the float rounding of the
 CPU, see RTOL) (tests/train/golden_record.py -> tests/train/golden.json).
-Default suite: wind_sq (the default synthetic run's method) and the methods of the bandit study's --quick
+Default suite: the methods of the bandit study's --quick
 table (wind_sq_offset, sppo_beta); the slow suite: every method."""
 import json
 import os
@@ -17,7 +17,7 @@ import golden_record  # noqa: E402
 with open(os.path.join(HERE, "golden.json")) as f:
     GOLDEN = json.load(f)
 
-FAST_LOOP = ("wind_sq",)
+FAST_LOOP = ()  # the loop histories take 15-45 s each: slow suite (the default suite keeps the comparison's own test)
 FAST_BANDIT = ("wind_sq_offset", "sppo_beta")
 
 

@@ -98,8 +98,12 @@ def test_a_second_sigterm_terminates_at_once():
         time.sleep(0.02)
     start = time.time()
     os.kill(w.procs[0].pid, signal.SIGTERM)
-    time.sleep(0.3)
-    os.kill(w.procs[0].pid, signal.SIGTERM)
+    # two signals that arrive before the process runs its Python handler count as one (under load that can
+    # take over 0.3 s), so repeat the second until the process is gone: it must die of it, not save and exit
+    while w.procs[0].poll() is None and time.time() - start < 10:
+        time.sleep(0.3)
+        if w.procs[0].poll() is None:
+            os.kill(w.procs[0].pid, signal.SIGTERM)
     w.finish(timeout=30)
     assert w.procs[0].returncode == -signal.SIGTERM and time.time() - start < 10
     assert not w.steps(0)
