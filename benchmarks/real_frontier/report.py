@@ -22,6 +22,13 @@ def _by_method(runs: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def compared_runs(res: dict) -> list[dict]:
+    """The test runs at each method's chosen learning rate (results.json also keeps the runs of earlier
+    invocations at other rates)."""
+    chosen = res.get("chosen_lr", {})
+    return [r for r in res["runs"] if r["lr"] == chosen.get(r["method"], r["lr"])]
+
+
 def tables(res: dict) -> str:
     a = res["args"]
     targets = [float(t) for t in str(a["kl_targets"]).split(",")]
@@ -29,7 +36,8 @@ def tables(res: dict) -> str:
     ref = np.asarray(res["reference"]["test"], np.float64)
     p = ref.mean(1)
     f = A.frontier(ref)
-    by = _by_method(res["runs"])
+    by = _by_method(compared_runs(res))
+    searched = set(res.get("searched", []))
     out = [f"pi_ref on the {ref.shape[0]} test prompts: accuracy {p.mean():.3f} ({ref.shape[1]} replies each); "
            f"prompts with 0 < p < 1: {int(((p > 0) & (p < 1)).sum())}.", "",
            "Frontier (Monte Carlo, biased up / closed form at the plug-in accuracies, biased down)", "",
@@ -67,7 +75,8 @@ def tables(res: dict) -> str:
                          f"{col.mean():+.3f}" + (f" ± {col.std(ddof=1):.3f}" if col.size > 1 else "") +
                          f" (n={col.size})")
         secs = np.mean([c["time/iteration"] for r in runs for c in r["curve"][1:]])
-        out.append(f"| {m} | {runs[0]['lr']:g} | {runs[0]['epochs_per_iteration']:.2f} | {secs:.0f} | "
+        lr = f"{runs[0]['lr']:g}" + (" (no search)" if searched and m not in searched else "")
+        out.append(f"| {m} | {lr} | {runs[0]['epochs_per_iteration']:.2f} | {secs:.0f} | "
                    f"{'; '.join(fins)} | {' | '.join(cells)} |")
     out += ["", "Paired against wind_sq (gap of the method - gap of wind_sq, same seed, mean over seeds; 95% "
             "bootstrap interval over the evaluation prompts; + = behind wind_sq)", "",
@@ -97,15 +106,16 @@ def plot(res: dict, path: str) -> str:
     import matplotlib.pyplot as plt
     ref = np.asarray(res["reference"]["test"], np.float64)
     f = A.frontier(ref)
-    by = _by_method(res["runs"])
-    seeds = sorted({r["seed"] for r in res["runs"]})
+    runs = compared_runs(res)
+    by = _by_method(runs)
+    seeds = sorted({r["seed"] for r in runs})
     fig, axes = plt.subplots(1, len(seeds), figsize=(5.2 * len(seeds), 4.2), squeeze=False)
-    kmax = max(max(A.curve(r, ref.mean(1))[0].max() for r in res["runs"]) * 1.15, 0.1)
+    kmax = max(max(A.curve(r, ref.mean(1))[0].max() for r in runs) * 1.15, 0.1)
     for ax, s in zip(axes[0], seeds):
         ax.plot(*f["mc"], "k-", lw=1, label="frontier (MC, upper)")
         ax.plot(*f["closed_form"], "k--", lw=0.8, label="frontier (closed form, lower)")
-        for m, runs in by.items():
-            for r in runs:
+        for m, method_runs in by.items():
+            for r in method_runs:
                 if r["seed"] == s:
                     kl, win = A.curve(r, ref.mean(1))
                     o = np.argsort(kl, kind="stable")

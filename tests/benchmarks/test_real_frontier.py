@@ -69,6 +69,15 @@ def test_paired_bootstrap_calls_ties_and_differences():
     assert behind["verdict"] == "behind" and behind["lo"] > 0 and behind["diff"] == pytest.approx(0.075, abs=1e-6)
 
 
+def test_report_compares_each_method_at_its_chosen_learning_rate():
+    from benchmarks.real_frontier import report
+    runs = [{"method": m, "lr": lr, "seed": s} for m, lr in (("wind_sq", 3e-4), ("wind_sq", 1e-3), ("dpo", 3e-4))
+            for s in (0, 1)]
+    res = {"runs": runs, "chosen_lr": {"wind_sq": 1e-3}}  # dpo was not searched in this invocation
+    kept = report.compared_runs(res)
+    assert [(r["method"], r["lr"]) for r in kept] == [("wind_sq", 1e-3)] * 2 + [("dpo", 3e-4)] * 2
+
+
 @pytest.mark.slow
 @pytest.mark.interop
 def test_quick_comparison_end_to_end(smollm2_gguf, tmp_path):
