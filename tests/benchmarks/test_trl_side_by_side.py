@@ -1,6 +1,6 @@
-"""benchmarks.trl_side_by_side: the verifier as a pairwise judge and as TRL's reward function (fast), and the
---quick side-by-side run of TRL's online DPO, the loop's dpo and wind_sq end to end (slow). Both need TRL
-(interop extra)."""
+"""benchmarks.trl_online_dpo: the verifier as a pairwise judge and as TRL's reward function (fast);
+benchmarks.trl_side_by_side: the --quick side-by-side run of TRL's online DPO, the loop's dpo and wind_sq end
+to end (slow). Both need TRL (interop extra)."""
 import json
 import math
 import os
@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("trl")
 
+from benchmarks import trl_online_dpo as trl_dpo  # noqa: E402
 from benchmarks import trl_side_by_side as tsbs  # noqa: E402
 from benchmarks.real_frontier.analysis import frontier  # noqa: E402
 from wind_jax.train import verifiable as v  # noqa: E402
@@ -25,7 +26,7 @@ PARITY = "Is 47 even or odd? Reply with one word."
 
 @pytest.mark.interop
 def test_judge_follows_the_verifier():
-    judge = tsbs.VerifierPairwiseJudge(seed=0)
+    judge = trl_dpo.VerifierPairwiseJudge(seed=0)
     pairs = [("85", "67"), ("67", "85"), ("The answer is 85.", "I think 67"), ("85.0", "85")]
     picks = judge.judge([PROMPT] * len(pairs), [list(p) for p in pairs])
     for (a, b), k in zip(pairs, picks):
@@ -37,7 +38,7 @@ def test_judge_follows_the_verifier():
 
 @pytest.mark.interop
 def test_judge_ties_are_a_fair_coin():
-    judge = tsbs.VerifierPairwiseJudge(seed=1)
+    judge = trl_dpo.VerifierPairwiseJudge(seed=1)
     n = 2000
     picks = judge.judge([PROMPT] * n, [["12", "no idea"]] * n)  # neither correct
     assert abs(sum(picks) / n - 0.5) < 4 * 0.5 / math.sqrt(n)
@@ -47,10 +48,10 @@ def test_judge_ties_are_a_fair_coin():
 @pytest.mark.interop
 def test_reward_function_makes_the_judges_pick_chosen():
     """TRL 1.16 takes chosen = first half iff reward(first) >= reward(second); one query per pair."""
-    judge = tsbs.VerifierPairwiseJudge(seed=0)
+    judge = trl_dpo.VerifierPairwiseJudge(seed=0)
     timings = {"judging": 0.0}
     render = lambda msgs: PROMPT if msgs == "larger" else PARITY  # noqa: E731
-    reward = tsbs.judge_reward(judge, render, timings)
+    reward = trl_dpo.judge_reward(judge, render, timings)
     prompts = ["larger", "parity"] * 2
     completions = [[{"role": "assistant", "content": c}] for c in ("67", "odd", "85", "even")]
     r = reward(prompts=prompts, completions=completions)
