@@ -16,8 +16,10 @@ def _f(x, fmt="{:.3f}") -> str:
 
 
 def _by_method(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs by method (wind_sq first, then _COLORS' order), each method's by seed."""
+    order = {m: i for i, m in enumerate(_COLORS)}
     out: dict[str, list[dict]] = {}
-    for r in sorted(runs, key=lambda r: r["seed"]):
+    for r in sorted(runs, key=lambda r: (order.get(r["method"], len(order)), r["method"], r["seed"])):
         out.setdefault(r["method"], []).append(r)
     return out
 
