@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 
 import numpy as np
@@ -63,11 +64,16 @@ def run_method(method: str, args, seed: int, model_path: str, out_root: str, *, 
     evals = ArrayPrompts(*v.encode_prompts(eval_problems(eval_split, args.eval_prompts), tok), seed=seed)
     oracle = v.VerifierOracle(tok)
     t0 = time.perf_counter()
+    out_dir = os.path.join(out_root, f"{method}_s{seed}_lr{lr:g}_{eval_split}")
+    shutil.rmtree(out_dir, ignore_errors=True)  # a run cut short earlier starts over (its evaluations are gone)
     loop = AlignmentLoop(cfg, policy=policy, oracle=oracle, prompts=train, eval_oracle=oracle, eval_prompts=evals,
-                         out_dir=os.path.join(out_root, f"{method}_s{seed}_lr{lr:g}_{eval_split}"), tensorboard=False,
-                         progress=False, run_config={"benchmark": "real_frontier", "config": dataclasses.asdict(cfg)})
+                         out_dir=out_dir, tensorboard=False, progress=False,
+                         run_config={"benchmark": "real_frontier", "config": dataclasses.asdict(cfg)})
     result = loop.run()
     loop.close()
+    if result.preempted:  # SIGTERM: stop the benchmark; results.json keeps the finished runs only
+        raise SystemExit(f"real_frontier: {method} seed {seed} stopped by a signal ({result.preempted}); not "
+                         f"recorded. The same command reruns it and the runs after it.")
     its = [r for r in result.history if r["kind"] == "iteration"]
     keep = ("iteration", "counts/queries", "counts/samples", "eval/accuracy", "eval/accuracy_ref",
             "eval/win_rate_vs_ref", "eval/win_rate_vs_ref_stderr", "eval/kl_to_ref", "eval/kl_to_ref_stderr",

@@ -78,6 +78,42 @@ def test_report_compares_each_method_at_its_chosen_learning_rate():
     assert [(r["method"], r["lr"]) for r in kept] == [("wind_sq", 1e-3)] * 2 + [("dpo", 3e-4)] * 2
 
 
+def test_a_run_stopped_by_a_signal_stops_the_benchmark_unrecorded(monkeypatch, tmp_path):
+    from benchmarks.real_frontier import __main__ as cli
+    from wind_jax.train import loop as loop_lib
+    from wind_jax.train import tasks
+    from wind_jax.train import verifiable as v
+
+    class Tok:
+        eos_id, pad_id = 2, 0
+
+    class StoppedLoop:
+        def __init__(self, cfg, **kw):
+            self.out_dir = kw["out_dir"]
+            os.makedirs(self.out_dir)
+
+        def run(self):
+            return loop_lib.LoopResult(None, [], self.out_dir, preempted="stopping after step 3")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tasks, "load_llm", lambda path: (None, None, Tok()))
+    monkeypatch.setattr(v, "encode_prompts", lambda problems, tok: (np.ones((len(problems), 4), np.int32),
+                                                                      np.ones((len(problems), 4), bool)))
+    monkeypatch.setattr(v, "VerifierOracle", lambda tok: None)
+    monkeypatch.setattr(loop_lib, "AlignmentLoop", StoppedLoop)
+    stale = tmp_path / "wind_sq_s0_lr0.0003_test"
+    stale.mkdir()
+    (stale / "old").write_text("a run cut short before")
+    args = cli.parse(["--out_dir", str(tmp_path)])
+    res = {"runs": []}
+    with pytest.raises(SystemExit, match="wind_sq seed 0 stopped by a signal"):
+        cli._run(res, str(tmp_path / "results.json"), args, "wind_sq", 0, 3e-4, "test", "runs")
+    assert res["runs"] == [] and not (tmp_path / "results.json").exists()
+    assert not (stale / "old").exists()   # the run started over in a fresh folder
+
+
 @pytest.mark.slow
 @pytest.mark.interop
 def test_quick_comparison_end_to_end(smollm2_gguf, tmp_path):
