@@ -302,7 +302,7 @@ def _graphdef(config):
     return nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))[0]
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+@pytest.mark.parametrize("remat", ["dots"] + [pytest.param(r, marks=pytest.mark.slow) for r in ("none", "full")])
 def test_scanned_layers_equal_unrolled_logits_and_gradients(remat):
     c = small(num_layers=3)
     state = nnx.state(make(c))
