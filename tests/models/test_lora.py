@@ -22,7 +22,7 @@ def _randomize_b(model, seed=0):
         adapter.b[...] = 0.05 * jax.random.normal(jax.random.fold_in(key, i), adapter.b[...].shape)
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("scan_layers", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_merged_export_is_base_plus_scaled_ab(tmp_path, scan_layers):
     config = LlamaConfig.tiny(num_layers=2, scan_layers=scan_layers)
     base = Transformer(config, rngs=nnx.Rngs(0))
