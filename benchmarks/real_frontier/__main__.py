@@ -126,7 +126,6 @@ def main(argv=None) -> dict:
             chosen[m], table = choose_lr(cands, ref_val, targets)
             print(f"[search] {m}: lr {chosen[m]:g} (gaps {table})", flush=True)
     res["chosen_lr"] = {**res.get("chosen_lr", {}), **chosen}  # methods of earlier invocations keep theirs
-    res["searched"] = sorted(set(res.get("searched", [])) | (set(methods) if lrs else set()))
     for m in methods:  # method-major: a cut-short run keeps every seed of the methods it finished
         for seed in _list(args.seeds, int):
             _run(res, path, args, m, seed, chosen[m], "test", "runs")

@@ -39,7 +39,7 @@ def tables(res: dict) -> str:
     p = ref.mean(1)
     f = A.frontier(ref)
     by = _by_method(compared_runs(res))
-    searched = set(res.get("searched", []))
+    searched = {r["method"] for r in res.get("search", [])}
     out = [f"pi_ref on the {ref.shape[0]} test prompts: accuracy {p.mean():.3f} ({ref.shape[1]} replies each); "
            f"prompts with 0 < p < 1: {int(((p > 0) & (p < 1)).sum())}.", "",
            "Frontier (Monte Carlo, biased up / closed form at the plug-in accuracies, biased down)", "",
