@@ -129,9 +129,9 @@ def evaluate(*, policy: str, reference: str = "", split: str = "test", num_promp
         "seconds": {"sampling": sampling_s, "kl": kl_s},
     }
     if judge:
-        from wind_jax.train.oracle import JudgeOracle, JudgeTemplate
+        from wind_jax.train.oracle import llm_judge
         judge_path, judge_model, judge_tok = _load(judge, "judge")
-        jo = JudgeOracle(judge_model, JudgeTemplate.from_tokenizer(judge_tok), batch_size=8)
+        jo = llm_judge(judge_model, judge_tok, pol_tok, batch_size=8)
         jp = np.asarray(jo.probability(prompt, a, b)).reshape(len(probs), samples)
         out["judge_win_rate"] = _interval(jp.mean(1), seed) | {"judge": judge_path, "queries": int(jo.num_queries)}
     return out

@@ -215,3 +215,65 @@ def test_judge_and_reward_model_on_a_mesh_match_one_device():
     assert np.ptp(p) > 1e-4 and on_mesh.num_queries == 12
     with pytest.raises(ValueError, match="RewardHead"):
         HeadOracle.from_reward_head(model, mesh=mesh)
+
+
+class _CharTokenizer:
+    """Characters as ids from `offset` (two offsets = two vocabularies); `special` ids decode to nothing."""
+
+    def __init__(self, offset, special=(), add_bos=False, bos_id=None):
+        self.offset, self.special, self.add_bos, self.bos_id = offset, set(special), add_bos, bos_id
+        self.vocab_size = offset + 256
+
+    def encode(self, text, add_special_tokens=True):
+        ids = [ord(ch) + self.offset for ch in text]
+        return ([self.bos_id] if self.add_bos and add_special_tokens else []) + ids
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i - self.offset) for i in ids if i not in self.special)
+
+
+def test_retokenizing_oracle_feeds_the_texts_in_the_oracles_vocabulary():
+    """The wrapped oracle sees the policy's texts re-encoded (prompts left-, responses right-padded, the
+    policy's special tokens dropped); one query per pair is counted by the wrapper only."""
+    from wind_jax.train.oracle import RetokenizingOracle
+    source, target = _CharTokenizer(0, special={7}), _CharTokenizer(300)
+    seen = []
+
+    def prob(p, a, b):  # prefers the response whose text holds more "y" (in the target vocabulary only)
+        seen.append((p, a, b))
+        y = ord("y") + 300
+        count = lambda t: (np.asarray(t.tokens) == y).sum(1) * np.asarray(t.mask).any(1)  # noqa: E731
+        return 1 / (1 + np.exp(-(count(a) - count(b)).astype(np.float64)))
+
+    inner = HeadOracle(prob, symmetrize=False)
+    oracle = RetokenizingOracle(inner, source, target)
+
+    def batch(texts, width, left):
+        t, m = np.zeros((len(texts), width), np.int32), np.zeros((len(texts), width), bool)
+        for i, s in enumerate(texts):
+            ids = source.encode(s) + [7]  # an end-of-turn special token inside the mask
+            cols = slice(width - len(ids), width) if left else slice(0, len(ids))
+            t[i, cols], m[i, cols] = ids, True
+        return Tokens(t, m)
+
+    X = batch(["ab?", "question"], 12, left=True)
+    A, B = batch(["yy", "no"], 6, left=False), batch(["y", "yyy"], 6, left=False)
+    p = np.asarray(oracle.probability(X, A, B))
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-np.array([1.0, -3.0]))), rtol=1e-6)
+    assert oracle.num_queries == 2 and inner.num_queries == 0
+    px, pa, _ = seen[0]
+    assert target.decode(np.asarray(px.tokens[0])[np.asarray(px.mask[0])]) == "ab?"
+    assert np.asarray(px.mask)[0].tolist() == [False] * 5 + [True] * 3       # left-padded to "question"
+    assert np.asarray(pa.mask)[1].tolist() == [True, True]                   # right-padded, no special token
+    assert np.asarray(pa.tokens).min() >= 300                                # target ids only
+
+
+def test_llm_judge_wraps_a_judge_of_another_vocabulary():
+    from wind_jax.train.oracle import RetokenizingOracle, llm_judge
+    model, _ = _judge()
+    same = _CharTokenizer(0)
+    assert isinstance(llm_judge(model, same, same), JudgeOracle)
+    other = _CharTokenizer(1, add_bos=True, bos_id=2)
+    judge = llm_judge(model, other, same)
+    assert isinstance(judge, RetokenizingOracle) and judge.oracle.pad_to == 64
+    assert judge.oracle.template.prefix[:2] == (2, ord("W") + 1)               # BOS, then "Which ..."

@@ -13,6 +13,8 @@ Oracles:
   JudgeOracle(model,...) a wind_jax language model asked which response is better; the probability of
                          answering "A" vs "B" is averaged over both presentation orders, so
                          P(a, b) + P(b, a) = 1 exactly.
+  RetokenizingOracle(oracle, source, target)  an oracle of another vocabulary (a judge of another family)
+                         fed through text: the policy's ids are decoded and encoded with the judge's tokenizer.
 With `mesh=` the judge / reward model is placed on the mesh by its logical axes (wind_jax.train.on_mesh:
 FROZEN_AXIS_RULES) and its forward is jitted with shardings; each process judges its own rows.
 """
@@ -215,8 +217,11 @@ class JudgeTemplate:
         ids_a, ids_b = enc(answer_a), enc(answer_b)
         if not ids_a or not ids_b:
             raise ValueError("answer_a / answer_b encode to no tokens")
-        # the answer token is the last one of " A" / " B" (a single token in BPE vocabularies)
-        return cls(enc(prefix), enc(before_a), enc(before_b), enc(question), ids_a[-1], ids_b[-1])
+        # the answer token is the last one of " A" / " B" (a single token in BPE vocabularies); a tokenizer
+        # that starts every text with BOS (Gemma) gets it in front of the judge prompt
+        bos = (int(tokenizer.bos_id),) if getattr(tokenizer, "add_bos", False) and \
+            getattr(tokenizer, "bos_id", None) is not None else ()
+        return cls(bos + enc(prefix), enc(before_a), enc(before_b), enc(question), ids_a[-1], ids_b[-1])
 
 
 def _accepts_special(tokenizer) -> bool:
@@ -300,6 +305,48 @@ class JudgeOracle(PreferenceOracle):
             p, x, y = (Tokens(t.tokens[sl], t.mask[sl]) for t in (prompt, a, b))
             out.append(0.5 * (self.first_choice_prob(p, x, y) + 1.0 - self.first_choice_prob(p, y, x)))
         return jnp.concatenate(out)
+
+
+class RetokenizingOracle(PreferenceOracle):
+    """`oracle` (e.g. a JudgeOracle) reads another vocabulary than the policy: every prompt and response is
+    decoded with the policy's tokenizer `source` (special tokens, hence the chat template's markers, dropped)
+    and encoded with the oracle's tokenizer `target` (no BOS: the judge template carries it); prompts are
+    left-padded, responses right-padded, each to the batch's longest. Still one query per pair, counted here."""
+
+    def __init__(self, oracle: PreferenceOracle, source, target):
+        super().__init__()
+        self.oracle, self.source, self.target = oracle, source, target
+        self.name = oracle.name
+
+    def convert(self, t: Tokens, *, left: bool) -> Tokens:
+        """The same texts as `t` in the target vocabulary, [B, T'] (T' >= 1)."""
+        rows = [self.target.encode(self.source.decode(np.asarray(ids)[np.asarray(m, bool)].tolist()),
+                                   add_special_tokens=False) for ids, m in zip(t.tokens, t.mask)]
+        width = max([1, *map(len, rows)])
+        tokens, mask = np.zeros((len(rows), width), np.int32), np.zeros((len(rows), width), bool)
+        for i, ids in enumerate(rows):
+            cols = slice(width - len(ids), width) if left else slice(0, len(ids))
+            tokens[i, cols], mask[i, cols] = ids, True
+        return Tokens(tokens, mask)
+
+    def _prob(self, prompt, a, b):
+        return self.oracle.probability(self.convert(prompt, left=True), self.convert(a, left=False),
+                                       self.convert(b, left=False), count=False)
+
+
+def llm_judge(model, tokenizer, policy_tokenizer, **kwargs) -> PreferenceOracle:
+    """A JudgeOracle of `model` (kwargs: JudgeOracle's) with its template in its own vocabulary; when its
+    tokenizer is not the policy's, it reads the texts through a RetokenizingOracle, its inputs left-padded to
+    a multiple of 64 tokens (few shapes to compile)."""
+    probe = "Which response answers the prompt better? 12 + 7 = 19."
+    same = tokenizer is policy_tokenizer or (
+        getattr(tokenizer, "vocab_size", None) == getattr(policy_tokenizer, "vocab_size", None)
+        and tokenizer.encode(probe, add_special_tokens=False)
+        == policy_tokenizer.encode(probe, add_special_tokens=False))
+    if same:
+        return JudgeOracle(model, JudgeTemplate.from_tokenizer(tokenizer), **kwargs)
+    judge = JudgeOracle(model, JudgeTemplate.from_tokenizer(tokenizer), **{"pad_to": 64, **kwargs})
+    return RetokenizingOracle(judge, policy_tokenizer, tokenizer)
 
 
 def judge_first_choice_fn(template: JudgeTemplate):

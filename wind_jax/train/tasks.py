@@ -29,7 +29,7 @@ from wind_jax.models.lora import apply_lora
 from wind_jax.train.checkpoint import Checkpointer, from_named, named
 from wind_jax.train.config import ConfigError, LoopConfig, from_config_dict
 from wind_jax.train.loop import AlignmentLoop
-from wind_jax.train.oracle import GoldOracle, HeadOracle, JudgeOracle, JudgeTemplate, PreferenceOracle, Tokens
+from wind_jax.train.oracle import GoldOracle, HeadOracle, PreferenceOracle, Tokens, llm_judge
 from wind_jax.train.rollout import ArrayPrompts, FunctionPrompts
 from wind_jax.train.steps import OptimizerConfig, make_optimizer, policy_step, reward_step
 from wind_jax.train.synthetic import EOS, PAD, SyntheticLanguage
@@ -248,17 +248,13 @@ def _real_inputs(c, out_dir):
 
 def _real_oracle(c, policy, tokenizer, mesh):
     """(training oracle, evaluation oracle) on the loop's mesh: one placed judge / reward model, two query
-    counters. A judge must share the policy's tokenizer (it reads the policy's token ids)."""
+    counters. A judge of another vocabulary reads the texts through its own tokenizer (oracle.llm_judge)."""
     if c.oracle == "judge":
-        judge_model = policy
+        judge_model, judge_tokenizer = policy, tokenizer
         if c.real.judge_path:
             _, judge_model, judge_tokenizer = load_llm(c.real.judge_path)
-            probe = "Which response answers the prompt better? 12 + 7 = 19."
-            if judge_tokenizer.encode(probe) != tokenizer.encode(probe):
-                raise ConfigError(f"config.real.judge_path: {c.real.judge_path} has another tokenizer than the policy; "
-                                  f"the LLM judge reads the policy's token ids, so it must share the vocabulary")
-        judge = JudgeOracle(judge_model, JudgeTemplate.from_tokenizer(tokenizer), batch_size=None,
-                            max_length=c.real.judge_max_tokens, mesh=mesh)
+        judge = llm_judge(judge_model, judge_tokenizer, tokenizer, batch_size=None,
+                          max_length=c.real.judge_max_tokens, mesh=mesh)
         return judge, judge.with_new_counter()
     if c.oracle == "reward_model":
         from wind_jax.models.convert import import_reward_model
