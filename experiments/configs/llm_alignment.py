@@ -55,7 +55,7 @@ def get_config(task: str = "synthetic") -> ml_collections.ConfigDict:
     # real task
     c.real = ml_collections.ConfigDict(dict(
         model_path="",       # a .gguf file or a Hugging Face Llama directory; "" = SmolLM2-135M-Instruct GGUF
-        judge_path="",       # "" = the policy's own checkpoint as the judge
+        judge_path="",       # .gguf / HF dir of any family (another vocabulary reads the texts); "" = the policy
         prompts_jsonl="",    # {"prompt": ...} / chat lines; "" = a ShareGPT extract written to out_dir
         num_prompts=16, max_prompt_tokens=64, chat_template=True,
         skip_invalid=False,      # skip malformed JSONL lines (printing "N of M skipped: reasons") instead of failing
