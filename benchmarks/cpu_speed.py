@@ -25,7 +25,9 @@ wind_jax.train.tasks.load_llm, transformers through `from_pretrained(gguf_file=.
     jit_policy_step against the same step written by hand in PyTorch the way TRL's DPOTrainer computes it
     (concatenated chosen/rejected forward, summed response log-probs, -logsigmoid(beta * margin), backward,
     clip_grad_norm_, AdamW.step). tokens/s = 2 * batch * length / step time, best of `--rounds`,
-    alternating.
+    alternating. Also timed: the step with `response_width` (the output projection on the response
+    positions only, as the loop runs it; TRL projects every position) and the loss's forward alone on both
+    sides (no gradient), so the step splits into forward and backward + update.
 (c) loop: the verifiable task of experiments/configs/llm_alignment.py:verifiable (its defaults, 2
     iterations; --quick: 16 prompts, 2 steps, 16 evaluation prompts) run through experiments.llm_alignment;
     the time/* metrics of the LAST (warm) iteration: sampling, judging, logprobs (the batch program: rows
@@ -191,13 +193,24 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
     tx = train.make_optimizer(train.OptimizerConfig(learning_rate=1e-6, max_grad_norm=1.0))
     opt_state = train.init_optimizer_state(tx, state, mesh)
     data = sharding.shard_host_batch(host, mesh)
-    step = train.jit_policy_step(graphdef, state, opt_state, data, mesh, loss_name="dpo", optimizer=tx,
-                                 hparams={"beta": beta})
     box = {"state": state, "opt": opt_state}
 
-    def wind_step():
-        box["state"], box["opt"], m = step(box["state"], box["opt"], data)
-        return float(m["loss"])
+    def wind(response_width):
+        step = train.jit_policy_step(graphdef, state, opt_state, data, mesh, loss_name="dpo", optimizer=tx,
+                                     hparams={"beta": beta}, response_width=response_width)
+
+        def run():
+            box["state"], box["opt"], m = step(box["state"], box["opt"], data)
+            return float(m["loss"])
+        return run
+
+    @jax.jit
+    def wind_forward(s, b):  # the step's loss without its gradient: the forward's share of the step
+        cat = lambda k: jax.numpy.concatenate([b[k]["chosen"], b[k]["rejected"]])  # noqa: E731
+        lp, _ = train.steps.response_logprobs(nnx.merge(graphdef, s), cat("tokens"), cat("response_mask"),
+                                              cat("attention_mask"))
+        margin = (lp[:batch] - b["ref_chosen"]) - (lp[batch:] - b["ref_rejected"])
+        return -jax.numpy.mean(jax.nn.log_sigmoid(beta * margin))
 
     thf = copy.deepcopy(hf).train()
     opt = torch.optim.AdamW(thf.parameters(), lr=1e-6, weight_decay=0.0, eps=1e-8)
@@ -206,18 +219,28 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
     pos = (t["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     ref = torch.from_numpy(np.concatenate([host["ref_chosen"], host["ref_rejected"]]))
 
-    def torch_step():
+    def torch_loss():
         logits = thf(input_ids=t["tokens"], attention_mask=t["attention_mask"], position_ids=pos).logits.float()
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, t["tokens"][:, 1:, None])[..., 0]
         seq = (logp * t["response_mask"][:, 1:]).sum(-1) - ref
-        loss = -torch.nn.functional.logsigmoid(beta * (seq[:batch] - seq[batch:])).mean()
+        return -torch.nn.functional.logsigmoid(beta * (seq[:batch] - seq[batch:])).mean()
+
+    def torch_step():
+        loss = torch_loss()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(thf.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss)
 
-    sides = {"wind_jax": wind_step, "torch": torch_step}
+    def torch_forward():
+        with torch.no_grad():
+            return float(torch_loss())
+
+    # wind_jax: full logits as TRL computes them; response_width: the output projection on the response
+    # positions only, as the loop runs the step (LoopConfig.max_new_tokens); *_forward: the loss alone
+    sides = {"wind_jax": wind(None), "wind_jax_response_width": wind(response), "torch": torch_step,
+             "wind_jax_forward": lambda: float(wind_forward(box["state"], data)), "torch_forward": torch_forward}
     t0 = time.perf_counter()
     losses = {n: fn() for n, fn in sides.items()}  # compile / warm up
     warm_s = time.perf_counter() - t0
@@ -237,6 +260,10 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
         row[f"{name}_step_s"] = round(best, 3)
         row[f"{name}_tok_s"] = round(tokens_per_step / best, 1)
     row["wind_jax_vs_torch_time"] = round(min(times["wind_jax"]) / min(times["torch"]), 3)
+    row["response_width_vs_torch_time"] = round(min(times["wind_jax_response_width"]) / min(times["torch"]), 3)
+    row["forward_vs_torch_time"] = round(min(times["wind_jax_forward"]) / min(times["torch_forward"]), 3)
+    for name in ("wind_jax", "torch"):  # the step's remainder: backward, clipping and AdamW
+        row[f"{name}_backward_and_update_s"] = round(min(times[name]) - min(times[f"{name}_forward"]), 3)
     del thf, opt, box
     print(json.dumps(row), flush=True)
     return row
