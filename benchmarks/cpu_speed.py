@@ -27,7 +27,8 @@ wind_jax.train.tasks.load_llm, transformers through `from_pretrained(gguf_file=.
     clip_grad_norm_, AdamW.step). tokens/s = 2 * batch * length / step time, best of `--rounds`,
     alternating. Also timed: the step with `response_width` (the output projection on the response
     positions only, as the loop runs it; TRL projects every position) and the loss's forward alone on both
-    sides (no gradient), so the step splits into forward and backward + update.
+    sides (no gradient), so the step splits into forward and backward + update. `--train_lora R`: the
+    same with LoRA rank R (alpha 2R) on every projection, wind_jax.models.lora against peft's LoRA.
 (c) loop: the verifiable task of experiments/configs/llm_alignment.py:verifiable (its defaults, 2
     iterations; --quick: 16 prompts, 2 steps, 16 evaluation prompts) run through experiments.llm_alignment;
     the time/* metrics of the LAST (warm) iteration: sampling, judging, logprobs (the batch program: rows
@@ -42,6 +43,8 @@ import json
 import os
 import tempfile
 import time
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every projection
 
 
 def _load() -> list[float]:
@@ -164,8 +167,10 @@ def bench_sampler(model, tok, hf, batches, new_tokens: int, rounds: int, legacy:
 
 
 # ------------------------------------------------------------------------------------------ (b) training
-def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: float = 0.1) -> dict:
-    """wind_jax DPO policy step (full fine-tuning) vs the same step in PyTorch, alternating rounds."""
+def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: float = 0.1, lora_rank: int = 0
+                ) -> dict:
+    """wind_jax DPO policy step vs the same step in PyTorch, alternating rounds: full fine-tuning, or with
+    lora_rank > 0 LoRA (alpha 2 x rank) on every projection, wind_jax.models.lora against peft."""
     import copy
 
     import jax
@@ -188,16 +193,20 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
     host["ref_rejected"] = np.full((batch,), -60.0, np.float32)
 
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    trainable = "lora" if lora_rank else "all"
+    if lora_rank:
+        from wind_jax.models.lora import apply_lora
+        model = apply_lora(model, lora_rank, 2.0 * lora_rank, LORA_TARGETS)
     graphdef, state = nnx.split(model)
     state = jax.tree.map(lambda x: x.copy(), state)  # the step donates it
     tx = train.make_optimizer(train.OptimizerConfig(learning_rate=1e-6, max_grad_norm=1.0))
-    opt_state = train.init_optimizer_state(tx, state, mesh)
+    opt_state = train.init_optimizer_state(tx, state, mesh, trainable=trainable)
     data = sharding.shard_host_batch(host, mesh)
     box = {"state": state, "opt": opt_state}
 
     def wind(response_width):
         step = train.jit_policy_step(graphdef, state, opt_state, data, mesh, loss_name="dpo", optimizer=tx,
-                                     hparams={"beta": beta}, response_width=response_width)
+                                     hparams={"beta": beta}, response_width=response_width, trainable=trainable)
 
         def run():
             box["state"], box["opt"], m = step(box["state"], box["opt"], data)
@@ -213,7 +222,12 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
         return -jax.numpy.mean(jax.nn.log_sigmoid(beta * margin))
 
     thf = copy.deepcopy(hf).train()
-    opt = torch.optim.AdamW(thf.parameters(), lr=1e-6, weight_decay=0.0, eps=1e-8)
+    if lora_rank:
+        import peft
+        thf = peft.get_peft_model(thf, peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                                        target_modules=list(LORA_TARGETS)))
+    trained = [q for q in thf.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=1e-6, weight_decay=0.0, eps=1e-8)
     t = {k: torch.from_numpy(np.concatenate([host[k]["chosen"], host[k]["rejected"]]).astype(np.int64))
          for k in ("tokens", "attention_mask", "response_mask")}
     pos = (t["attention_mask"].cumsum(-1) - 1).clamp(min=0)
@@ -228,7 +242,7 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
     def torch_step():
         loss = torch_loss()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(thf.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss)
@@ -252,7 +266,8 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
             fn()
             times[name].append(time.perf_counter() - s)
     tokens_per_step = 2 * batch * length
-    row = {"batch_pairs": batch, "length": length, "tuned": "full (every weight), AdamW, clip 1.0",
+    tuned = f"LoRA rank {lora_rank}, alpha {2 * lora_rank}, every projection" if lora_rank else "full (every weight)"
+    row = {"batch_pairs": batch, "length": length, "tuned": tuned + ", AdamW, clip 1.0",
            "rounds": rounds, "warmup_s": round(warm_s, 1), "first_loss": losses,
            "load_start": load_start, "load_end": _load()}
     for name in sides:
@@ -304,6 +319,7 @@ def main(argv=None):
     p.add_argument("--unstack", action="store_true", help="also time sample(..., unstack_layers=True)")
     p.add_argument("--train_batch", type=int, default=16, help="DPO pairs per training step")
     p.add_argument("--train_response", type=int, default=8, help="response tokens per row")
+    p.add_argument("--train_lora", type=int, default=0, help="LoRA rank of the training step (0: every weight)")
     p.add_argument("--quick", action="store_true", help="smoke run: batch 4, 8 new tokens, 1 round, small loop")
     p.add_argument("--json", default="", help="write the results here")
     a = p.parse_args(argv)
@@ -321,7 +337,8 @@ def main(argv=None):
                                            a.rounds, legacy=a.legacy_greedy,
                                            variants={"unstacked": {"unstack_layers": True}} if a.unstack else None)
         if "train" in parts:
-            out["train"] = bench_train(model, tok, hf, a.train_batch, a.train_response, a.rounds)
+            out["train"] = bench_train(model, tok, hf, a.train_batch, a.train_response, a.rounds,
+                                       lora_rank=a.train_lora)
         del model, hf
     if "loop" in parts:
         out["loop"] = bench_loop(a.quick)
