@@ -13,7 +13,8 @@ from benchmarks.real_frontier.runs import METHODS, reference_outcomes, run_metho
 
 # fields that must match for a finished run in results.json to be reused
 SIZE_FIELDS = ("iterations", "queries", "steps", "batch", "lora_rank", "beta", "eta", "max_new_tokens",
-               "train_prompts", "eval_prompts", "eval_samples", "frontier_samples", "model")
+               "train_prompts", "eval_prompts", "eval_samples", "frontier_samples", "model", "keep_optimizer")
+SIZE_DEFAULTS = {"keep_optimizer": False}  # fields added later: what the results.json files before them ran
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -27,6 +28,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--queries", type=int, default=32, help="verifier duels per iteration, every method")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--keep_optimizer", action="store_true", help="AdamW state carried across iterations (default: "
+                    "a fresh state each iteration, whose first step is lr x sign(gradient))")
     ap.add_argument("--lr", type=float, default=3e-4, help="every method's learning rate without --search_lrs")
     ap.add_argument("--search_lrs", default="", help="comma list: matched-KL choice per method on a held-out seed")
     ap.add_argument("--search_seed", type=int, default=100)
@@ -65,7 +68,7 @@ def _load(path: str, args) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        if old.get("sizes") == sizes:
+        if {**SIZE_DEFAULTS, **old.get("sizes", {})} == sizes:
             return old
         print(f"{path}: other sizes, starting afresh")
     return {"sizes": sizes, "reference": {}, "search": [], "runs": []}

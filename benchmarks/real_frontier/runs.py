@@ -59,7 +59,7 @@ def run_method(method: str, args, seed: int, model_path: str, out_root: str, *, 
                      oracle_mode="sample", max_new_tokens=args.max_new_tokens, eval_prompts=args.eval_prompts,
                      eval_samples_per_prompt=args.eval_samples, eval_fixed_reference=True,
                      async_checkpoint=False, seed=seed, eos_token_id=tok.eos_id if tok.eos_id is not None else 0,
-                     pad_token_id=tok.pad_id or 0, **hparams(method, args))
+                     pad_token_id=tok.pad_id or 0, reset_optimizer=not args.keep_optimizer, **hparams(method, args))
     train = ArrayPrompts(*v.encode_prompts(v.problems("train", args.train_prompts, seed=seed), tok), seed=seed)
     evals = ArrayPrompts(*v.encode_prompts(eval_problems(eval_split, args.eval_prompts), tok), seed=seed)
     oracle = v.VerifierOracle(tok)
