@@ -44,8 +44,6 @@ import os
 import tempfile
 import time
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every projection
-
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
@@ -178,6 +176,7 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
     import torch
     from flax import nnx
 
+    from benchmarks.real_frontier.runs import LORA_TARGETS
     from wind_jax import sharding, train
     tokens, mask = prompts(tok, batch)
     rng = np.random.default_rng(0)
@@ -194,9 +193,10 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
 
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     trainable = "lora" if lora_rank else "all"
+    targets = LORA_TARGETS.split(",")  # every projection, as the real-model comparison
     if lora_rank:
         from wind_jax.models.lora import apply_lora
-        model = apply_lora(model, lora_rank, 2.0 * lora_rank, LORA_TARGETS)
+        model = apply_lora(model, lora_rank, 2.0 * lora_rank, targets)
     graphdef, state = nnx.split(model)
     state = jax.tree.map(lambda x: x.copy(), state)  # the step donates it
     tx = train.make_optimizer(train.OptimizerConfig(learning_rate=1e-6, max_grad_norm=1.0))
@@ -225,7 +225,7 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
     if lora_rank:
         import peft
         thf = peft.get_peft_model(thf, peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                                        target_modules=list(LORA_TARGETS)))
+                                                        target_modules=targets))
     trained = [q for q in thf.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(trained, lr=1e-6, weight_decay=0.0, eps=1e-8)
     t = {k: torch.from_numpy(np.concatenate([host[k]["chosen"], host[k]["rejected"]]).astype(np.int64))

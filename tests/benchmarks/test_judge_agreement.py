@@ -11,7 +11,7 @@ def test_duels_pair_each_correct_reply_with_each_wrong_one():
     correct = np.array([[1, 0, 0], [1, 1, 1], [0, 1, 1]], np.float32)
     tp, tn = 2, 3
     X, M = correct.shape
-    # reply m of prompt x is the token 10 * x + m (+1 for correct replies) after a 2-token prompt
+    # reply m of prompt x is the token 10 * x + m (+ 100 when correct) after a 2-token prompt
     tokens = np.zeros((X, M, tp + tn), np.int32)
     tokens[:, :, tp] = 10 * np.arange(X)[:, None] + np.arange(M)[None] + 100 * correct
     response_mask = np.zeros((X, M, tp + tn), bool)
