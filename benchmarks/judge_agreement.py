@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     import jax
 
     from wind_jax.train import verifiable as v
-    from wind_jax.train.oracle import llm_judge
+    from wind_jax.train.oracle import RetokenizingOracle, llm_judge
     from wind_jax.train.tasks import default_gguf, load_llm
     policy_path = default_gguf()
     _, policy, tok = load_llm(policy_path)
@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
             "mean_p_correct": float(p.mean()), "mean_p_ci95": v.bootstrap_interval(per_prompt, seed=args.seed),
             "decides_for_correct": wins / len(p), "decides_ci95": v.wilson_interval(wins, len(p)),
             "mean_abs_p_minus_half": float(np.abs(p - 0.5).mean()), "p_range": [float(p.min()), float(p.max())],
-            "retokenized": type(judge).__name__ == "RetokenizingOracle", "queries": int(judge.num_queries),
+            "retokenized": isinstance(judge, RetokenizingOracle), "queries": int(judge.num_queries),
             "seconds": round(time.perf_counter() - t0, 1)}
         r = out["judges"][name]
         print(f"{name}: P(correct beats wrong) {r['mean_p_correct']:.3f} {np.round(r['mean_p_ci95'], 3).tolist()}, "
