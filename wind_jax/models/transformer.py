@@ -78,8 +78,9 @@ class Dense(nnx.Module):
                      if use_bias else None)
         self.dtype = jnp.dtype(config.dtype)
 
-    def __call__(self, x: Array) -> Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    def __call__(self, x: Array, out_dtype=None) -> Array:
+        """out_dtype: the dot's accumulation / result dtype (default: the compute dtype)."""
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), preferred_element_type=out_dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -388,9 +389,7 @@ class Transformer(nnx.Module):
         """float32 logits [..., V] from final-normed hidden states."""
         if self.lm_head is None:
             return soft_cap(self.embed.attend(h), self.config.final_logit_softcap)
-        dt = jnp.dtype(self.config.dtype)
-        logits = jnp.dot(h.astype(dt), self.lm_head.kernel[...].astype(dt), preferred_element_type=jnp.float32)
-        return soft_cap(logits, self.config.final_logit_softcap)
+        return soft_cap(self.lm_head(h, out_dtype=jnp.float32), self.config.final_logit_softcap)
 
     def __call__(self, tokens: Array, *, positions: Array | None = None, attention_mask: Array | None = None,
                  cache: KVCache | None = None, layers: list | None = None) -> tuple[Array, KVCache | None]:
