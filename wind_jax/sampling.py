@@ -185,7 +185,7 @@ def _generate(graphdef, state, prompts, prompt_mask, key, params: DecodeParams, 
     rows = b * n
     cache = model.init_cache(b, tp + tn, settings.cache_dtype)
     cache = _constrain(cache, cache_specs(mesh, cache), mesh)
-    logits, cache = model(prompts, attention_mask=prompt_mask, cache=cache)
+    logits, cache = model(prompts, attention_mask=prompt_mask, cache=cache, last_only=True)
     rep = functools.partial(jnp.repeat, repeats=n, total_repeat_length=rows)
     cache = {"k": rep(cache["k"], axis=1), "v": rep(cache["v"], axis=1), "mask": rep(cache["mask"], axis=0),
              "index": cache["index"]}

@@ -21,9 +21,12 @@ Protocol (every number in the tables comes from the results.json the command wri
   at the plug-in accuracies (biased down): they bracket the true frontier. Gaps at matched KL by the chord
   rule (analysis.py): both the method's curve and the frontier read on the straight line between the
   method's two points bracketing the target KL.
-- Learning rate: with `--search_lrs`, each method's candidates run on a held-out training seed and are
-  scored on VALIDATION prompts (their own frontier) by the matched-KL rule (analysis.choose_lr); the chosen
-  rate then runs on every seed and is scored on the test prompts. Without it, `--lr` for every method.
+- Learning rate: with `--search_lrs`, each method's candidates run on the held-out training seeds
+  (`--search_seeds`) and are scored on VALIDATION prompts (their own frontier) by the matched-KL rule, gaps
+  averaged over those seeds (analysis.choose_lr); the chosen rate then runs on every seed and is scored on
+  the test prompts. Without it, `--lr` for every method.
+- Evaluations: after every iteration, and with `--eval_every_steps k` after every k optimizer steps inside
+  one too (LoopConfig.eval_every_steps; the run's training is the same): denser curves, shorter chords.
 - Paired comparison: each method minus wind_sq, per seed, averaged over seeds, with a bootstrap interval
   over evaluation prompts (analysis.paired_bootstrap); "ahead" / "behind" only where it excludes 0.
 """

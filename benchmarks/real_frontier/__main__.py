@@ -13,8 +13,9 @@ from benchmarks.real_frontier.runs import METHODS, reference_outcomes, run_metho
 
 # fields that must match for a finished run in results.json to be reused
 SIZE_FIELDS = ("iterations", "queries", "steps", "batch", "lora_rank", "beta", "eta", "max_new_tokens",
-               "train_prompts", "eval_prompts", "eval_samples", "frontier_samples", "model", "keep_optimizer")
-SIZE_DEFAULTS = {"keep_optimizer": False}  # fields added later: what the results.json files before them ran
+               "train_prompts", "eval_prompts", "eval_samples", "frontier_samples", "model", "keep_optimizer",
+               "eval_every_steps")
+SIZE_DEFAULTS = {"keep_optimizer": False, "eval_every_steps": 0}  # fields added later: what the results.json files before them ran
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -30,9 +31,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--keep_optimizer", action="store_true", help="AdamW state carried across iterations (default: "
                     "a fresh state each iteration, whose first step is lr x sign(gradient))")
+    ap.add_argument("--eval_every_steps", type=int, default=0,
+                    help="also evaluate after every k optimizer steps inside an iteration (0: iteration ends only)")
     ap.add_argument("--lr", type=float, default=3e-4, help="every method's learning rate without --search_lrs")
     ap.add_argument("--search_lrs", default="", help="comma list: matched-KL choice per method on a held-out seed")
-    ap.add_argument("--search_seed", type=int, default=100)
+    ap.add_argument("--search_seeds", default="100", help="comma list of held-out training seeds of the search")
     ap.add_argument("--lora_rank", type=int, default=8)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--eta", type=float, default=3.0)
@@ -125,7 +128,8 @@ def main(argv=None) -> dict:
         targets = _list(args.kl_targets, float)
         ref_val = np.asarray(res["reference"]["validation"], np.float64)
         for m in methods:
-            cands = {lr: _run(res, path, args, m, args.search_seed, lr, "validation", "search") for lr in lrs}
+            cands = {lr: [_run(res, path, args, m, seed, lr, "validation", "search")
+                          for seed in _list(args.search_seeds, int)] for lr in lrs}
             chosen[m], table = choose_lr(cands, ref_val, targets)
             print(f"[search] {m}: lr {chosen[m]:g} (gaps {table})", flush=True)
     res["chosen_lr"] = {**res.get("chosen_lr", {}), **chosen}  # methods of earlier invocations keep theirs

@@ -48,13 +48,13 @@ def tables(res: dict) -> str:
                                        for t in targets) + " |", ""]
     if res.get("search"):
         ref_val = np.asarray(res["reference"]["validation"], np.float64)
-        out += ["Learning rate by the matched-KL rule on the held-out seed and validation prompts (cell: gaps "
-                "at KL " + ", ".join(f"{t:g}" for t in targets) + "; final KL)", "",
-                "| method | lr | gaps | final KL | chosen |", "|---|---|---|---|---|"]
+        out += ["Learning rate by the matched-KL rule on the held-out seeds and validation prompts (cell: gaps "
+                "at KL " + ", ".join(f"{t:g}" for t in targets) + "; final KL; the rule averages a rate's seeds)",
+                "", "| method | lr | seed | gaps | final KL | chosen |", "|---|---|---|---|---|---|"]
         for m, runs in _by_method(res["search"]).items():
-            for r in sorted(runs, key=lambda r: r["lr"]):
+            for r in sorted(runs, key=lambda r: (r["lr"], r["seed"])):
                 g = A.gaps(r, ref_val, targets)
-                out.append(f"| {m} | {r['lr']:g} | {', '.join(_f(x) for x in g)} | "
+                out.append(f"| {m} | {r['lr']:g} | {r['seed']} | {', '.join(_f(x) for x in g)} | "
                            f"{_f(r['curve'][-1]['eval/kl_to_ref'])} | "
                            f"{'*' if res['chosen_lr'].get(m) == r['lr'] else ''} |")
         out.append("")
@@ -76,7 +76,8 @@ def tables(res: dict) -> str:
             cells.append("-" if col.size == 0 else
                          f"{col.mean():+.3f}" + (f" ± {col.std(ddof=1):.3f}" if col.size > 1 else "") +
                          f" (n={col.size})")
-        secs = np.mean([c["time/iteration"] for r in runs for c in r["curve"][1:]])
+        secs = np.mean([c["time/iteration"] for r in runs for c in r["curve"][1:]
+                        if c.get("step") is None])  # iteration points (an "eval" point inside one has a step)
         lr = f"{runs[0]['lr']:g}" + (" (no search)" if searched and m not in searched else "")
         out.append(f"| {m} | {lr} | {runs[0]['epochs_per_iteration']:.2f} | {secs:.0f} | "
                    f"{'; '.join(fins)} | {' | '.join(cells)} |")
@@ -91,9 +92,10 @@ def tables(res: dict) -> str:
         out.append(f"| {m} | " + " | ".join("-" if c["verdict"] == "-" else
                                             f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] {c['verdict']}"
                                             for c in b) + " |")
-    out += ["", "Queries to reach a win rate (per seed; '-' = not within the run; evaluation after every iteration "
-            f"of {a['queries']} queries)", "", "| method | " + " | ".join(f"win {x:g}" for x in levels) + " |",
-            "|---|" + "---|" * len(levels)]
+    every = (f"every {a['eval_every_steps']} of the {a['steps']} steps of each iteration of {a['queries']} queries "
+             "(its queries spent first)" if a.get("eval_every_steps") else f"every iteration of {a['queries']} queries")
+    out += ["", f"Queries to reach a win rate (per seed; '-' = not within the run; evaluation after {every})", "",
+            "| method | " + " | ".join(f"win {x:g}" for x in levels) + " |", "|---|" + "---|" * len(levels)]
     for m, runs in by.items():
         out.append(f"| {m} | " + " | ".join(", ".join(_f(A.queries_to_reach(r, p, x), "{:.0f}") for r in runs)
                                             for x in levels) + " |")

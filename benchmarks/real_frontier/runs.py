@@ -41,8 +41,10 @@ def run_method(method: str, args, seed: int, model_path: str, out_root: str, *, 
                eval_split: str = "test") -> dict:
     """One run of `method` on the train split: `args.iterations` iterations of `args.queries` verifier duels
     (prompts per iteration = queries // the method's duels per prompt), `args.steps` optimizer steps of
-    `args.batch` rows each, LoRA on every projection, evaluated after every iteration on the fixed
-    `eval_split` prompts against a fixed pi_ref draw. Returns the curve and the per-prompt values."""
+    `args.batch` rows each, LoRA on every projection, evaluated after every iteration (and every
+    `args.eval_every_steps` steps inside one) on the fixed `eval_split` prompts against a fixed pi_ref draw.
+    Returns the curve (an "eval" point has "step": its optimizer steps into iteration "iteration" + 1) and
+    the per-prompt values."""
     from wind_jax.train import verifiable as v
     from wind_jax.train.config import LoopConfig
     from wind_jax.train.loop import AlignmentLoop
@@ -59,7 +61,8 @@ def run_method(method: str, args, seed: int, model_path: str, out_root: str, *, 
                      oracle_mode="sample", max_new_tokens=args.max_new_tokens, eval_prompts=args.eval_prompts,
                      eval_samples_per_prompt=args.eval_samples, eval_fixed_reference=True,
                      async_checkpoint=False, seed=seed, eos_token_id=tok.eos_id if tok.eos_id is not None else 0,
-                     pad_token_id=tok.pad_id or 0, reset_optimizer=not args.keep_optimizer, **hparams(method, args))
+                     pad_token_id=tok.pad_id or 0, reset_optimizer=not args.keep_optimizer,
+                     eval_every_steps=args.eval_every_steps, **hparams(method, args))
     train = ArrayPrompts(*v.encode_prompts(v.problems("train", args.train_prompts, seed=seed), tok), seed=seed)
     evals = ArrayPrompts(*v.encode_prompts(eval_problems(eval_split, args.eval_prompts), tok), seed=seed)
     oracle = v.VerifierOracle(tok)
@@ -74,18 +77,18 @@ def run_method(method: str, args, seed: int, model_path: str, out_root: str, *, 
     if result.preempted:  # SIGTERM: stop the benchmark; results.json keeps the finished runs only
         raise SystemExit(f"real_frontier: {method} seed {seed} stopped by a signal ({result.preempted}); not "
                          f"recorded. The same command reruns it and the runs after it.")
-    its = [r for r in result.history if r["kind"] == "iteration"]
-    keep = ("iteration", "counts/queries", "counts/samples", "eval/accuracy", "eval/accuracy_ref",
+    points = [r for r in result.history if r["kind"] in ("iteration", "eval")]  # in evaluation order
+    keep = ("iteration", "step", "counts/queries", "counts/samples", "eval/accuracy", "eval/accuracy_ref",
             "eval/win_rate_vs_ref", "eval/win_rate_vs_ref_stderr", "eval/kl_to_ref", "eval/kl_to_ref_stderr",
             "time/iteration", "time/sampling", "time/judging", "time/logprobs", "time/training", "time/eval")
     n = args.eval_samples
-    pp = loop.evaluator.per_prompt[-len(its):]
+    pp = loop.evaluator.per_prompt[-len(points):]
     rows = prompts_per_iteration * cfg.samples_per_prompt
     return {"method": method, "seed": seed, "lr": lr, "eval_split": eval_split, "hparams": hparams(method, args),
             "queries_per_prompt": per_prompt, "prompts_per_iteration": prompts_per_iteration,
             "samples_per_iteration": rows, "steps_per_iteration": args.steps, "batch_size": args.batch,
             "epochs_per_iteration": args.steps * min(args.batch, rows) / rows,
-            "seconds": time.perf_counter() - t0, "curve": [{k: r.get(k) for k in keep} for r in its],
+            "seconds": time.perf_counter() - t0, "curve": [{k: r.get(k) for k in keep} for r in points],
             # per evaluation: pi_t's correctness [X, N] and KL per reply [X, N] (rounded for the JSON)
             "correct": [np.asarray(r["correct"])[:, :n].astype(int).tolist() for r in pp],
             "kl": [np.round(np.asarray(r["kl"], np.float64), 5).tolist() for r in pp]}

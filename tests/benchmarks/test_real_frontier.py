@@ -51,11 +51,18 @@ def test_matched_kl_rule_prefers_the_curve_closer_to_the_frontier():
     ref = np.tile(np.array([1] * 3 + [0] * 7), (20, 1)).astype(float)  # p = 0.3 on every prompt
     slow = _run([(0.0, 0.3), (0.05, 0.32), (0.3, 0.40)])     # moves far, gains little
     good = _run([(0.0, 0.3), (0.05, 0.36), (0.3, 0.55)])     # the same KLs, more accuracy
-    lr, table = A.choose_lr({1e-3: slow, 3e-4: good}, ref, [0.05, 0.2])
+    lr, table = A.choose_lr({1e-3: [slow], 3e-4: [good]}, ref, [0.05, 0.2])
     assert lr == 3e-4 and all(a > b for a, b in zip(table[1e-3], table[3e-4]))
     # no common target: the candidate spanning more of them wins
     short = _run([(0.0, 0.3), (0.02, 0.31)])
-    assert A.choose_lr({1e-3: short, 3e-4: slow}, ref, [0.05, 0.2])[0] == 3e-4
+    assert A.choose_lr({1e-3: [short], 3e-4: [slow]}, ref, [0.05, 0.2])[0] == 3e-4
+    # over seeds: the gaps are averaged, and a target counts only where every seed's run spans it
+    lucky = _run([(0.0, 0.3), (0.05, 0.5), (0.3, 0.8)])    # one seed far ahead of `good` ...
+    bad = _run([(0.0, 0.3), (0.05, 0.1), (0.3, 0.1)])      # ... the other far behind it
+    lr, table = A.choose_lr({1e-3: [lucky, bad], 3e-4: [good, good]}, ref, [0.05, 0.2])
+    assert lr == 3e-4 and A.choose_lr({1e-3: [lucky], 3e-4: [good]}, ref, [0.05, 0.2])[0] == 1e-3
+    np.testing.assert_allclose(table[1e-3], np.mean([A.gaps(r, ref, [0.05, 0.2]) for r in (lucky, bad)], 0))
+    assert np.isnan(A.choose_lr({1e-3: [slow, short]}, ref, [0.05, 0.2])[1][1e-3][1])
 
 
 def test_paired_bootstrap_calls_ties_and_differences():

@@ -176,6 +176,14 @@ def test_kv_cache_chunks_match_full_forward():
     np.testing.assert_array_equal(np.asarray(cache["mask"][:, :12]), np.asarray(mask))
     got = np.concatenate(pieces, axis=1)
     np.testing.assert_allclose(got[np.asarray(mask)], np.asarray(full)[np.asarray(mask)], atol=1e-5)
+    # a prefill that keeps the last position's logits only (the sampler's): same cache, same last logits
+    last, last_cache = model(tokens[:, :7], attention_mask=mask[:, :7], cache=model.init_cache(2, 16),
+                             last_only=True)
+    first, first_cache = model(tokens[:, :7], attention_mask=mask[:, :7], cache=model.init_cache(2, 16))
+    assert last.shape == (2, 1, c.vocab_size)
+    np.testing.assert_array_equal(np.asarray(last), np.asarray(first[:, -1:]))
+    for a, b in zip(jax.tree.leaves(last_cache), jax.tree.leaves(first_cache)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_sequence_logprobs_matches_numpy():

@@ -144,14 +144,14 @@ class _Crash(Exception):
     pass
 
 
-def _tiny_loop(out_dir, crash_after_steps=None):
+def _tiny_loop(out_dir, crash_after_steps=None, **overrides):
     """wind_sq_offset (policy + offset head) on the synthetic language, gold oracle, 2 iterations x 4 steps,
     a checkpoint every 2 steps (inside iterations, with the frozen batch). `crash_after_steps`: raise once
     that many step records have been logged in this process (the process 'dies' there)."""
     cfg = LoopConfig(method="wind_sq_offset", num_iterations=2, prompts_per_iteration=8, steps_per_iteration=4,
                      batch_size=8, eval_prompts=8, eval_samples_per_prompt=2, max_new_tokens=_LANG.response_width,
                      eos_token_id=EOS, pad_token_id=PAD, checkpoint_every_steps=2, async_checkpoint=False,
-                     learning_rate=1e-2, seed=3)
+                     learning_rate=1e-2, seed=3, **overrides)
     loop = AlignmentLoop(cfg, policy=Transformer(_MODEL_CFG, rngs=nnx.Rngs(0)),
                          oracle=GoldOracle(_LANG.gold_preference), out_dir=out_dir,
                          prompts=FunctionPrompts(_LANG.sample_prompts, seed=1),
@@ -214,6 +214,34 @@ def test_resume_after_crashes_mid_iteration_reproduces_uninterrupted_run(uninter
     its = [r for r in result.history if r["kind"] == "iteration"]
     assert [r["counts/queries"] for r in its] == [0, 8, 16]  # one duel per prompt, 8 prompts per iteration
     assert [r["counts/samples"] for r in its] == [0, 16, 32]
+
+
+def test_evaluations_inside_iterations_change_nothing_else_and_survive_a_crash(uninterrupted, tmp_path):
+    """eval_every_steps=1: an "eval" record after steps 1-3 of each 4-step iteration (step 4 is the
+    iteration's own evaluation), each with its own draw; the parameters and every other record equal the run
+    without them. A crash after 3 steps and a resume (from the step-2 checkpoint) gives the same records."""
+    ref_loop, ref_result, _ = uninterrupted
+    loop = _tiny_loop(str(tmp_path / "evals"), eval_every_steps=1)
+    result = loop.run()
+    loop.close()
+    for a, b in zip(_params(loop), _params(ref_loop), strict=True):
+        np.testing.assert_array_equal(a, b)
+    hist = deterministic_view(result.history)
+    assert [r for r in hist if r["kind"] != "eval"] == deterministic_view(ref_result.history)
+    evals = [r for r in hist if r["kind"] == "eval"]
+    assert [(r["iteration"], r["step"], r["global_step"]) for r in evals] == \
+        [(0, 1, 1), (0, 2, 2), (0, 3, 3), (1, 1, 5), (1, 2, 6), (1, 3, 7)]
+    assert [r["counts/queries"] for r in evals] == [8] * 3 + [16] * 3  # the iteration's duels are spent first
+    assert len({r["eval/kl_to_ref"] for r in evals}) == len(evals)
+    assert [p["step"] for p in loop.evaluator.per_prompt] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    out = str(tmp_path / "crashed")
+    crashed = _tiny_loop(out, crash_after_steps=3, eval_every_steps=1)
+    with pytest.raises(_Crash):
+        crashed.run()
+    crashed.close()
+    resumed = _tiny_loop(out, eval_every_steps=1)
+    assert deterministic_view(resumed.run().history) == hist
+    resumed.close()
 
 
 def test_rerun_after_crash_before_first_checkpoint_drops_orphan_records(uninterrupted, tmp_path):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wind_jax.models.transformer import SHARDING_METADATA_KEY, Dense, Transformer
+from wind_jax.models.transformer import SHARDING_METADATA_KEY, Dense, Transformer, rows_dot
 
 Array = jax.Array
 
@@ -57,16 +57,17 @@ class LoraAdapter(nnx.Module):
 
 
 def _dot(x, y):
-    return jnp.dot(x, y, preferred_element_type=jnp.float32)
+    return rows_dot(x, y, jnp.float32)
 
 
 @jax.custom_vjp
 def lora_delta(x: Array, a: Array, b: Array) -> Array:
     """(x A) B, float32 [..., out], for x [..., in], A [in, r], B [r, out] (operands in x's dtype).
 
-    The gradient is written out (A^T, B^T products of the [tokens, r] factor): left to autodiff, XLA:CPU
-    computes dB = (x A)^T dy by first writing dy [tokens, out] transposed, a strided copy that took 2 of
-    the 10 s of SmolLM2's LoRA step on 2 cores."""
+    The gradient is written out on token rows (dB = (x A)^T dy, dA = x^T (dy B^T), dx = dy B^T A^T): left
+    to autodiff on [B, T, ...] operands, XLA:CPU first writes dy transposed (a strided copy, 2 of the 10 s
+    of SmolLM2's LoRA gradient on 2 cores); on rows (transformer.rows_dot) autodiff avoids the copy but
+    still took 7.8-8.3 s against 7.1-7.3 s written out (benchmarks/cpu_speed, BENCHMARKS.md)."""
     return _dot(_dot(x, a.astype(x.dtype)).astype(x.dtype), b.astype(x.dtype))
 
 

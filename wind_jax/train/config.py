@@ -81,6 +81,7 @@ class LoopConfig:
     eval_prompts: int = 128
     eval_samples_per_prompt: int = 2
     eval_fixed_reference: bool = False  # draw pi_ref's evaluation replies once, reuse them every iteration
+    eval_every_steps: int = 0          # also evaluate after every k-th optimizer step inside an iteration
     checkpoint_every_steps: int = 0    # 0 = only at iteration ends
     max_to_keep: int = 2
     async_checkpoint: bool = True
@@ -130,6 +131,9 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.lora_rank must be an int >= 0 (0 = full fine-tuning), got {self.lora_rank!r}")
         if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ValueError(f"LoopConfig.lora_alpha must be finite and > 0, got {self.lora_alpha}")
+        if not isinstance(self.eval_every_steps, int) or self.eval_every_steps < 0:
+            raise ValueError(f"LoopConfig.eval_every_steps must be an int >= 0 (0 = at iteration ends only), "
+                             f"got {self.eval_every_steps!r}")
         if self.checkpoint_every_steps < 0:
             raise ValueError(f"LoopConfig.checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
         # The method's and the loss's own ranges at the first and last iteration's values (names the field).

@@ -32,16 +32,18 @@ class Evaluator:
         self.per_prompt: list[dict] = []  # one {"t", "kl" [B, N], "win" [B, N], "correct" [B, 2N]} per evaluation
         self._fixed_ref = None
 
-    def evaluate(self, t: int, policy_state, ref_state) -> dict:
+    def evaluate(self, t: int, policy_state, ref_state, step: int = 0) -> dict:
+        """pi_t against pi_ref; step > 0: the policy after `step` optimizer steps of iteration t (its own draw)."""
         cfg, c = self.cfg, self.collector
         n = cfg.eval_samples_per_prompt
         prompts = c.global_prompts(self.prompts, 0, cfg.eval_prompts)
-        pol, pol_mask, lp_pol = c.rollout(policy_state, prompts, n, sharding.host_key(cfg.seed, t, 2, 0), 1.0)
+        key = sharding.host_key(cfg.seed, t, 2, 0, step) if step else sharding.host_key(cfg.seed, t, 2, 0)
+        pol, pol_mask, lp_pol = c.rollout(policy_state, prompts, n, key, 1.0)
         ref, ref_mask = self._reference_replies(t, ref_state, prompts, n)
         lp_ref = self._ref_logprobs(prompts, ref_state, pol, pol_mask)
         kl = sharding.gathered(lp_pol).reshape(-1) - sharding.gathered(lp_ref).reshape(-1)
         tp = prompts.tokens.shape[1]
-        record = {"t": t, "kl": kl.reshape(-1, n)}
+        record = {"t": t, "step": step, "kl": kl.reshape(-1, n)}
         out = {"eval/kl_to_ref": float(np.mean(kl)), "eval/kl_to_ref_stderr": float(np.std(kl) / np.sqrt(kl.size)),
                "eval/response_length": float(np.mean(sharding.gathered(pol_mask)[:, :, tp:].sum(-1)))}
         if self.oracle is not None:

@@ -195,9 +195,10 @@ class AlignmentLoop:
         self.counters["queries"] += self.cfg.queries_per_prompt * self.cfg.prompts_per_iteration
         return batch
 
-    def evaluate(self, t: int) -> dict:
-        """Gold win rate of pi_t vs pi_ref and KL(pi_t || pi_ref) (wind_jax.train.evaluate)."""
-        return self.evaluator.evaluate(t, self._sampling_state(self.state), self.ref_state)
+    def evaluate(self, t: int, step: int = 0) -> dict:
+        """Gold win rate of pi_t vs pi_ref and KL(pi_t || pi_ref) (wind_jax.train.evaluate); step > 0: the
+        policy after `step` optimizer steps of iteration t."""
+        return self.evaluator.evaluate(t, self._sampling_state(self.state), self.ref_state, step)
 
     # ---------------------------------------------------------------------------- checkpoints
     def _ckpt_id(self, t: int, k: int) -> int:
@@ -242,7 +243,8 @@ class AlignmentLoop:
             gs, t = self.counters["global_step"], int(meta["iteration"])
             keep = [r for r in (read_jsonl(self.logger.path) if os.path.exists(self.logger.path) else [])
                     if (r["kind"] == "step" and r["global_step"] <= gs)
-                    or (r["kind"] == "iteration" and r["iteration"] <= t)]
+                    or (r["kind"] == "iteration" and r["iteration"] <= t)
+                    or (r["kind"] == "eval" and r["global_step"] <= gs)]
             self.logger.reset(keep)
         return int(meta["iteration"]), int(meta["step_in_iteration"]), batch
 
@@ -270,7 +272,10 @@ class AlignmentLoop:
         if "eval/accuracy" in rec:
             win = f"accuracy {rec['eval/accuracy']:.3f} (pi_ref {rec['eval/accuracy_ref']:.3f}), " + win
         secs = rec.get("time/iteration")
-        self._say(f"[{self.cfg.method}] iteration {rec['iteration']}/{self.cfg.num_iterations}: {win}"
+        where = f"iteration {rec['iteration']}/{self.cfg.num_iterations}"
+        if "step" in rec:
+            where = f"iteration {rec['iteration'] + 1}/{self.cfg.num_iterations}, step {rec['step']}"
+        self._say(f"[{self.cfg.method}] {where}: {win}"
                   f"KL {rec['eval/kl_to_ref']:.3f}, queries {rec['counts/queries']}"
                   + ("" if secs is None else f", {secs:.1f} s"))
 
@@ -335,6 +340,15 @@ class AlignmentLoop:
                                        "hp/learning_rate": lr, **{f"hp/{n}": v for n, v in dynamic.items()}},
                                       metrics))
                 bar.update(1)
+                if cfg.eval_every_steps and (k + 1) % cfg.eval_every_steps == 0 and k + 1 < S:
+                    self._flush()
+                    t_eval = time.perf_counter()
+                    rec = {"iteration": t, "step": k + 1, "global_step": self.counters["global_step"],
+                           "counts/queries": self.counters["queries"], "counts/samples": self.counters["samples"],
+                           **self.evaluate(t, k + 1), "time/eval": time.perf_counter() - t_eval}
+                    timer.add("time/eval", rec["time/eval"])
+                    self._log(rec, "eval")
+                    self._report(rec)
                 if guard.should_stop(self.counters["global_step"]):
                     self._save(t, k + 1, batch)
                     return self._finish(bar, f"{guard.message()}; stopped at iteration {t}, step {k + 1}, checkpoint "
@@ -343,7 +357,7 @@ class AlignmentLoop:
                 if cfg.checkpoint_every_steps and (k + 1) % cfg.checkpoint_every_steps == 0 and k + 1 < S:
                     self._save(t, k + 1, batch)
             self._flush()
-            timer.add("time/training", time.perf_counter() - t_train)
+            timer.add("time/training", time.perf_counter() - t_train - timer.t.get("time/eval", 0.0))
             t_eval = time.perf_counter()
             ev = self.evaluate(t + 1)
             timer.add("time/eval", time.perf_counter() - t_eval)

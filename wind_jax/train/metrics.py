@@ -2,8 +2,8 @@
 that stays quiet when stderr is not a TTY, and a summary PNG (win rate vs pi_ref, KL to pi_ref and
 preference queries per method).
 
-Records are flat dicts of JSON scalars with a "kind" ("step" or "iteration") plus "iteration" and
-"global_step". Timing fields start with "time/" (they differ between runs; everything else is
+Records are flat dicts of JSON scalars with a "kind" ("step", "iteration", or "eval": an evaluation inside
+an iteration, LoopConfig.eval_every_steps) plus "iteration" and "global_step". Timing fields start with "time/" (they differ between runs; everything else is
 deterministic given the seed).
 """
 from __future__ import annotations
@@ -63,8 +63,8 @@ class MetricsLogger:
         os.replace(tmp, self.path)
 
     def log(self, record: Mapping[str, Any], *, kind: str) -> dict:
-        if kind not in ("step", "iteration"):
-            raise ValueError(f"kind must be 'step' or 'iteration', got {kind!r}")
+        if kind not in ("step", "iteration", "eval"):
+            raise ValueError(f"kind must be 'step', 'iteration' or 'eval', got {kind!r}")
         rec = {"kind": kind, **scalarize(record)}
         self.history.append(rec)
         with open(self.path, "a") as f:
