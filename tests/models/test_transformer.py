@@ -340,8 +340,10 @@ def test_remat_policies_choose_what_the_backward_pass_keeps():
         graphdef, state = nnx.split(make(c, perturb_norms=False))
         tokens = jnp.zeros((2, 8), jnp.int32)
         res = saved_residuals(lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens)[0]), state)
-        kept[remat] = {tuple(s.shape) for s, _ in res if s.shape[:3] == (3, 2, 8)}
-        size[remat] = sum(int(np.prod(s.shape)) for s, _ in res if s.shape[:3] == (3, 2, 8))
+        # projections run on token rows (rows_dot): their outputs are [3, 16, out], read as [3, 2, 8, out]
+        shapes = [(3, 2, 8, *s.shape[2:]) if s.shape[:2] == (3, 16) else tuple(s.shape) for s, _ in res]
+        kept[remat] = {s for s in shapes if s[:3] == (3, 2, 8)}
+        size[remat] = sum(int(np.prod(s)) for s in shapes if s[:3] == (3, 2, 8))
     d, f, q, kv = c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     assert kept["full"] == {(3, 2, 8, d)}
     assert {(3, 2, 8, f), (3, 2, 8, kv), (3, 2, 8, q)} <= kept["dots"]
