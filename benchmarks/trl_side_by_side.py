@@ -58,8 +58,8 @@ Remaining differences between TRL and the loop (besides the framework, PyTorch e
 - Sampler: transformers generate() (KV cache, eager) vs wind_jax.sampling (jitted KV cache).
 - Random streams: the samples, coins, LoRA A draws differ between frameworks (same laws).
 - pi_ref's log-probs: TRL's pass with the LoRA adapter disabled, the loop's frozen copy of the base
-  weights (the same weights). LoRA during training: peft adds scale (x A) B to x W, the loop forms
-  W + scale A B (float32 both; the same function).
+  weights (the same weights). LoRA during training: both add scale (x A) B to x W (peft; the loop's
+  wind_jax.models.lora.LoraDense), float32 both.
 - TRL's loss is the mean over the step's pairs; so is the loop's dpo. wind_sq has no TRL counterpart.
 - The loop evaluates 2 validation prompts x 1 reply after every iteration (its time/eval, excluded) and
   writes an Orbax checkpoint (outside its time/iteration); TRL evaluates and saves nothing while training.
