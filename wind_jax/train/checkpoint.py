@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 # checks that each name exists in that config and is accepted when changed.
 RESUME_NEUTRAL_FIELDS = frozenset({
     "checkpoint_every_steps", "max_to_keep", "async_checkpoint",  # checkpoint cadence and storage
-    "plot", "tensorboard",                                        # reporting
+    "plot", "tensorboard", "eval_every_steps",                    # reporting (evaluations inside iterations)
     "out_dir", "export_dir",                                      # where outputs go
     "num_iterations",                                             # extending a run (schedules over T excepted)
 })
