@@ -26,7 +26,8 @@ wind_jax.train.tasks.load_llm, transformers through `from_pretrained(gguf_file=.
     (concatenated chosen/rejected forward, summed response log-probs, -logsigmoid(beta * margin), backward,
     clip_grad_norm_, AdamW.step). tokens/s = 2 * batch * length / step time, best of `--rounds`,
     alternating. Also timed: the step with `response_width` (the output projection on the response
-    positions only, as the loop runs it; TRL projects every position) and the loss's forward alone on both
+    positions only, as the loop runs it; TRL's DPOTrainer projects every position) on both sides (torch:
+    logits_to_keep, the same positions) and the loss's forward alone on both
     sides (no gradient), so the step splits into forward and backward + update. `--train_lora R`: the
     same with LoRA rank R (alpha 2R) on every projection, wind_jax.models.lora against peft's LoRA.
 (c) loop: the verifiable task of experiments/configs/llm_alignment.py:verifiable (its defaults, 2
@@ -165,8 +166,8 @@ def bench_sampler(model, tok, hf, batches, new_tokens: int, rounds: int, legacy:
 
 
 # ------------------------------------------------------------------------------------------ (b) training
-def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: float = 0.1, lora_rank: int = 0
-                ) -> dict:
+def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: float = 0.1, lora_rank: int = 0,
+                only: str = "") -> dict:
     """wind_jax DPO policy step vs the same step in PyTorch, alternating rounds: full fine-tuning, or with
     lora_rank > 0 LoRA (alpha 2 x rank) on every projection, wind_jax.models.lora against peft."""
     import copy
@@ -233,14 +234,19 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
     pos = (t["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     ref = torch.from_numpy(np.concatenate([host["ref_chosen"], host["ref_rejected"]]))
 
-    def torch_loss():
-        logits = thf(input_ids=t["tokens"], attention_mask=t["attention_mask"], position_ids=pos).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, t["tokens"][:, 1:, None])[..., 0]
-        seq = (logp * t["response_mask"][:, 1:]).sum(-1) - ref
+    def torch_loss(response_width=None):
+        """response_width R: logits of the last R + 1 positions only (transformers' logits_to_keep), the
+        ones that predict the response (its last R tokens), as wind_jax's response_width."""
+        keep = 0 if response_width is None else response_width + 1
+        logits = thf(input_ids=t["tokens"], attention_mask=t["attention_mask"], position_ids=pos,
+                     logits_to_keep=keep).logits.float()
+        tail = t["tokens"].shape[1] - logits.shape[1] + 1   # first predicted position
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, t["tokens"][:, tail:, None])[..., 0]
+        seq = (logp * t["response_mask"][:, tail:]).sum(-1) - ref
         return -torch.nn.functional.logsigmoid(beta * (seq[:batch] - seq[batch:])).mean()
 
-    def torch_step():
-        loss = torch_loss()
+    def torch_step(response_width=None):
+        loss = torch_loss(response_width)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
@@ -254,7 +260,10 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
     # wind_jax: full logits as TRL computes them; response_width: the output projection on the response
     # positions only, as the loop runs the step (LoopConfig.max_new_tokens); *_forward: the loss alone
     sides = {"wind_jax": wind(None), "wind_jax_response_width": wind(response), "torch": torch_step,
+             "torch_response_width": lambda: torch_step(response),
              "wind_jax_forward": lambda: float(wind_forward(box["state"], data)), "torch_forward": torch_forward}
+    if only:  # e.g. "torch": one framework alone, nothing of the other's thread pool between its rounds
+        sides = {n: fn for n, fn in sides.items() if n.startswith(only)}
     t0 = time.perf_counter()
     losses = {n: fn() for n, fn in sides.items()}  # compile / warm up
     warm_s = time.perf_counter() - t0
@@ -274,11 +283,16 @@ def bench_train(model, tok, hf, batch: int, response: int, rounds: int, beta: fl
         best = min(times[name])
         row[f"{name}_step_s"] = round(best, 3)
         row[f"{name}_tok_s"] = round(tokens_per_step / best, 1)
-    row["wind_jax_vs_torch_time"] = round(min(times["wind_jax"]) / min(times["torch"]), 3)
-    row["response_width_vs_torch_time"] = round(min(times["wind_jax_response_width"]) / min(times["torch"]), 3)
-    row["forward_vs_torch_time"] = round(min(times["wind_jax_forward"]) / min(times["torch_forward"]), 3)
+    ratios = {"wind_jax_vs_torch_time": ("wind_jax", "torch"),
+              "response_width_vs_torch_time": ("wind_jax_response_width", "torch"),
+              "response_width_vs_torch_response_width_time": ("wind_jax_response_width", "torch_response_width"),
+              "forward_vs_torch_time": ("wind_jax_forward", "torch_forward")}
+    for key, (a, b) in ratios.items():
+        if a in times and b in times:
+            row[key] = round(min(times[a]) / min(times[b]), 3)
     for name in ("wind_jax", "torch"):  # the step's remainder: backward, clipping and AdamW
-        row[f"{name}_backward_and_update_s"] = round(min(times[name]) - min(times[f"{name}_forward"]), 3)
+        if name in times:
+            row[f"{name}_backward_and_update_s"] = round(min(times[name]) - min(times[f"{name}_forward"]), 3)
     del thf, opt, box
     print(json.dumps(row), flush=True)
     return row
@@ -320,6 +334,8 @@ def main(argv=None):
     p.add_argument("--train_batch", type=int, default=16, help="DPO pairs per training step")
     p.add_argument("--train_response", type=int, default=8, help="response tokens per row")
     p.add_argument("--train_lora", type=int, default=0, help="LoRA rank of the training step (0: every weight)")
+    p.add_argument("--train_only", default="", choices=("", "wind_jax", "torch"),
+                   help="time one framework's training sides alone (the other's threads idle)")
     p.add_argument("--quick", action="store_true", help="smoke run: batch 4, 8 new tokens, 1 round, small loop")
     p.add_argument("--json", default="", help="write the results here")
     a = p.parse_args(argv)
@@ -338,7 +354,7 @@ def main(argv=None):
                                            variants={"unstacked": {"unstack_layers": True}} if a.unstack else None)
         if "train" in parts:
             out["train"] = bench_train(model, tok, hf, a.train_batch, a.train_response, a.rounds,
-                                       lora_rank=a.train_lora)
+                                       lora_rank=a.train_lora, only=a.train_only)
         del model, hf
     if "loop" in parts:
         out["loop"] = bench_loop(a.quick)
