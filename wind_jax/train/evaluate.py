@@ -29,7 +29,7 @@ class Evaluator:
     def __init__(self, collector: Collector, prompts: PromptStream, oracle: PreferenceOracle | None):
         self.collector, self.prompts, self.oracle = collector, prompts, oracle
         self.cfg, self.mesh = collector.cfg, collector.mesh
-        self.per_prompt: list[dict] = []  # one {"t", "kl" [B, N], "win" [B, N], "correct" [B, 2N]} per evaluation
+        self.per_prompt: list[dict] = []  # per evaluation {"t", "step", "kl" [B, N], "win" [B, N], "correct" [B, 2N]}
         self._fixed_ref = None
 
     def evaluate(self, t: int, policy_state, ref_state, step: int = 0) -> dict:
