@@ -52,11 +52,14 @@ def tables(res: dict) -> str:
                 "at KL " + ", ".join(f"{t:g}" for t in targets) + "; final KL; the rule averages a rate's seeds)",
                 "", "| method | lr | seed | gaps | final KL | chosen |", "|---|---|---|---|---|---|"]
         for m, runs in _by_method(res["search"]).items():
+            by_lr: dict[float, list[dict]] = {}
+            for r in runs:
+                by_lr.setdefault(r["lr"], []).append(r)
+            chosen = A.choose_lr(by_lr, ref_val, targets)[0]  # the rule, from the search runs alone
             for r in sorted(runs, key=lambda r: (r["lr"], r["seed"])):
                 g = A.gaps(r, ref_val, targets)
                 out.append(f"| {m} | {r['lr']:g} | {r['seed']} | {', '.join(_f(x) for x in g)} | "
-                           f"{_f(r['curve'][-1]['eval/kl_to_ref'])} | "
-                           f"{'*' if res['chosen_lr'].get(m) == r['lr'] else ''} |")
+                           f"{_f(r['curve'][-1]['eval/kl_to_ref'])} | {'*' if chosen == r['lr'] else ''} |")
         out.append("")
     out += ["Each method (lr, epochs = steps x batch / rows per iteration, seconds per iteration), its final "
             "point per seed (queries, accuracy, win rate vs pi_ref's per-prompt accuracy, KL), and its gap below "
@@ -141,6 +144,9 @@ def write(res: dict, out_dir: str) -> None:
     with open(os.path.join(out_dir, "report.md"), "w") as fh:
         fh.write(md)
     print(md)
+    if not res["runs"]:
+        print("no test runs yet: no figure")
+        return
     try:
         print("wrote", plot(res, os.path.join(out_dir, "curves.png")))
     except ImportError as e:  # matplotlib is optional
