@@ -15,7 +15,8 @@ from benchmarks.real_frontier.runs import METHODS, reference_outcomes, run_metho
 SIZE_FIELDS = ("iterations", "queries", "steps", "batch", "lora_rank", "beta", "eta", "max_new_tokens",
                "train_prompts", "eval_prompts", "eval_samples", "frontier_samples", "model", "keep_optimizer",
                "eval_every_steps")
-SIZE_DEFAULTS = {"keep_optimizer": False, "eval_every_steps": 0}  # fields added later: what the results.json files before them ran
+# fields added later: what the results.json files before them ran
+SIZE_DEFAULTS = {"keep_optimizer": False, "eval_every_steps": 0}
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval_every_steps", type=int, default=0,
                     help="also evaluate after every k optimizer steps inside an iteration (0: iteration ends only)")
     ap.add_argument("--lr", type=float, default=3e-4, help="every method's learning rate without --search_lrs")
-    ap.add_argument("--search_lrs", default="", help="comma list: matched-KL choice per method on a held-out seed")
+    ap.add_argument("--search_lrs", default="", help="comma list: matched-KL choice per method on the held-out seeds")
     ap.add_argument("--search_seeds", default="100", help="comma list of held-out training seeds of the search")
     ap.add_argument("--lora_rank", type=int, default=8)
     ap.add_argument("--beta", type=float, default=0.1)
