@@ -67,7 +67,7 @@ def lora_delta(x: Array, a: Array, b: Array) -> Array:
     The gradient is written out on token rows (dB = (x A)^T dy, dA = x^T (dy B^T), dx = dy B^T A^T): left
     to autodiff on [B, T, ...] operands, XLA:CPU first writes dy transposed (a strided copy, 2 of the 10 s
     of SmolLM2's LoRA gradient on 2 cores); on rows (transformer.rows_dot) autodiff avoids the copy but
-    still took 7.8-8.3 s against 7.1-7.3 s written out (3 rounds each; BENCHMARKS.md, "Profiled and mended")."""
+    was still ~10% slower than written out in a profiling run (BENCHMARKS.md, "Profiled and mended")."""
     return _dot(_dot(x, a.astype(x.dtype)).astype(x.dtype), b.astype(x.dtype))
 
 
